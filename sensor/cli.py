@@ -1,0 +1,183 @@
+"""Command line: netsensor replay | check-rules | version.
+
+User mistakes (missing files, bad config, damaged captures) end in one line on stderr that
+names the file and what is wrong, never a traceback. Exit status: 0 all input read and
+processed, 1 some input could not be read completely (everything before the damage is
+still processed and logged), 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator
+
+from . import __version__
+from .capture import CaptureError, PacketBatch
+from .capture.pcap import PcapSource
+from .config import Config, ConfigError, load_config
+from .decode import SUPPORTED_LINKTYPES
+from .output.sinks import EveFileSink, SinkError
+from .pipeline import Pipeline
+
+EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
+
+
+def _err(msg: str) -> None:
+    print(f"netsensor: {msg}", file=sys.stderr)
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool, total_bytes: int | None):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.total = total_bytes
+        self.last = 0.0
+
+    def update(self, packets: int, done_bytes: int | None) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        if self.total and done_bytes is not None:
+            frac = min(1.0, done_bytes / self.total)
+            bar = "#" * int(frac * 30)
+            sys.stderr.write(f"\r[{bar:<30}] {frac * 100:5.1f}% {packets:,} packets")
+        else:
+            sys.stderr.write(f"\r{packets:,} packets")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+            sys.stderr.flush()
+
+
+def _sources(paths: list[str], cfg: Config, errors: list[str],
+             progress: Progress) -> Iterator[PacketBatch]:
+    first_cnt = 1
+    done = 0
+    for path in paths:
+        src = PcapSource(path, batch_size=cfg.replay.batch_size, first_cnt=first_cnt)
+        for batch in src.batches():
+            yield batch
+            progress.update(src.next_cnt - 1, done + src.offset)
+        if src.error is None:
+            bad = sorted(lt for lt in src.linktypes if lt not in SUPPORTED_LINKTYPES)
+            if bad:
+                errors.append(f"{src.name}: unsupported link type {bad[0]}; "
+                              f"its packets were counted as decoder.invalid")
+        else:
+            errors.append(str(src.error))
+        done += src.offset
+        first_cnt = src.next_cnt
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    stages = []
+    try:
+        sink = EveFileSink(os.path.join(args.logdir, cfg.outputs.eve.filename)) \
+            if cfg.outputs.eve.enabled else None
+    except SinkError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    pipe = Pipeline(cfg, sink, stages)
+    total = None
+    if all(p != "-" and os.path.isfile(p) for p in args.files):
+        total = sum(os.path.getsize(p) for p in args.files)
+    progress = Progress(cfg.replay.progress and not args.quiet, total)
+    errors: list[str] = []
+    start = time.monotonic()
+    packets = 0
+    try:
+        for batch in _sources(args.files, cfg, errors, progress):
+            pipe.process(batch)
+            packets += len(batch)
+        pipe.finish()
+    except SinkError as exc:
+        progress.close()
+        _err(str(exc))
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        progress.close()
+        pipe.finish()
+        _err("interrupted; flows so far were logged")
+        return EXIT_INPUT
+    finally:
+        if sink is not None:
+            sink.close()
+    progress.close()
+    secs = time.monotonic() - start
+    for e in errors:
+        _err(e)
+    if not args.quiet:
+        _summary(pipe, packets, secs)
+    return EXIT_INPUT if errors else EXIT_OK
+
+
+def _summary(pipe: Pipeline, packets: int, secs: float) -> None:
+    c = pipe.all_counters()
+    rate = packets / secs if secs > 0 else 0.0
+    out = sys.stderr
+    print(f"packets: {packets:,}  invalid: {c.get('decoder.invalid', 0):,}  "
+          f"not IP: {c.get('decoder.arp', 0) + c.get('decoder.unknown_ethertype', 0):,}  "
+          f"IP without flow tracking: {c.get('decoder.other_ip_proto', 0):,}", file=out)
+    print(f"flows: {c.get('flow.total', 0):,}  (tcp {c.get('flow.tcp', 0):,}, "
+          f"udp {c.get('flow.udp', 0):,}, icmp "
+          f"{c.get('flow.icmpv4', 0) + c.get('flow.icmpv6', 0):,}, evicted "
+          f"{c.get('flow.get_used', 0):,})", file=out)
+    events = ", ".join(f"{k} {v:,}" for k, v in sorted(pipe.events.items())) or "none"
+    print(f"events: {events}", file=out)
+    if pipe.alerts_by_sig:
+        print("alerts by signature:", file=out)
+        for sig, count in pipe.alerts_by_sig.most_common():
+            print(f"  {count:8,}  {sig}", file=out)
+    print(f"time: {secs:.2f} s  ({rate:,.0f} packets/s)", file=out)
+
+
+def cmd_check_rules(args: argparse.Namespace) -> int:
+    from .detect.rules.check import check_rules_main
+
+    return check_rules_main(args.files)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="netsensor", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("replay", help="replay pcap/pcapng files (or - for stdin) to EVE JSON")
+    r.add_argument("files", nargs="+", metavar="FILE")
+    r.add_argument("-l", "--logdir", default=".", help="directory for eve.json (default .)")
+    r.add_argument("-c", "--config", help="YAML config (built-in defaults otherwise)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    r.set_defaults(fn=cmd_replay)
+    c = sub.add_parser("check-rules", help="validate Suricata rule files")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.set_defaults(fn=cmd_check_rules)
+    v = sub.add_parser("version", help="print the version")
+    v.set_defaults(fn=lambda a: print(f"netsensor {__version__}") or EXIT_OK)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except BrokenPipeError:
+        return EXIT_INPUT
+    except CaptureError as exc:
+        _err(str(exc))
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

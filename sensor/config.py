@@ -1,0 +1,187 @@
+"""YAML configuration as frozen dataclasses, with built-in defaults.
+
+Every key has a default, so no file is needed. A file overrides what it names; an unknown
+key or a value of the wrong type is an error that names the dotted key, because a typo in
+a sensor's config must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the operator."""
+
+
+@dataclass(frozen=True)
+class StateTimeouts:
+    new: int = 30
+    established: int = 300
+    closed: int = 0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds of packet time without traffic before a flow ends (suricata.yaml defaults)."""
+
+    default: StateTimeouts = StateTimeouts(30, 300, 0)
+    tcp: StateTimeouts = StateTimeouts(60, 600, 60)
+    udp: StateTimeouts = StateTimeouts(30, 300, 0)
+    icmp: StateTimeouts = StateTimeouts(30, 300, 0)
+
+
+EMERGENCY_TIMEOUTS = Timeouts(
+    default=StateTimeouts(10, 100, 0), tcp=StateTimeouts(5, 100, 10),
+    udp=StateTimeouts(10, 100, 0), icmp=StateTimeouts(10, 100, 0),
+)
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    # Hard cap on live flows; at the cap the table switches to the emergency timeouts and
+    # then evicts the least recently seen flows (logged with reason "forced").
+    max_flows: int = 262144
+    timeouts: Timeouts = Timeouts()
+    emergency_timeouts: Timeouts = EMERGENCY_TIMEOUTS
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Per-flow windows for the model: close after `seconds`, `packets`, or at flow end."""
+
+    enabled: bool = False
+    seconds: float = 10.0
+    packets: int = 32
+    bytes: int = 64
+    max_pending: int = 65536
+
+
+@dataclass(frozen=True)
+class EveConfig:
+    enabled: bool = True
+    filename: str = "eve.json"
+    # event types written; "flow", "stats" and "alert" are produced by netsensor
+    types: tuple[str, ...] = ("alert", "flow", "stats")
+    community_id: bool = True
+    community_id_seed: int = 0
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    # seconds of packet time (replay) or wall time (live) between stats events; 0: only at end
+    interval: int = 60
+
+
+@dataclass(frozen=True)
+class OutputsConfig:
+    eve: EveConfig = EveConfig()
+    stats: StatsConfig = StatsConfig()
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    batch_size: int = 65536
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    files: tuple[str, ...] = ()
+    classification_file: str = ""
+    threshold_file: str = ""
+
+
+@dataclass(frozen=True)
+class VarsConfig:
+    address_groups: dict[str, str] = field(default_factory=dict)
+    port_groups: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    flow: FlowConfig = FlowConfig()
+    windows: WindowConfig = WindowConfig()
+    outputs: OutputsConfig = OutputsConfig()
+    replay: ReplayConfig = ReplayConfig()
+    rules: RulesConfig = RulesConfig()
+    vars: VarsConfig = VarsConfig()
+
+
+def load_config(path: str | None) -> Config:
+    """Defaults, overridden by the YAML file at `path` when given."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "somewhere"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: {where}: {problem}") from None
+    if doc is None:
+        return Config()
+    return build(Config, doc, path, "")
+
+
+def build(cls: type, doc: Any, path: str, prefix: str) -> Any:
+    """Build dataclass `cls` from a YAML mapping, checking every key and type."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: '{prefix or '(top)'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in doc.items():
+        name = str(key).replace("-", "_")
+        dotted = f"{prefix}{key}"
+        if name not in names:
+            raise ConfigError(f"{path}: unknown key '{dotted}'")
+        values[name] = _convert(hints[name], value, path, dotted)
+    base = cls()
+    return dataclasses.replace(base, **values)
+
+
+def _convert(tp: Any, value: Any, path: str, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path, key + ".")
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: '{key}' must be a list of strings")
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: '{key}' must be a mapping")
+        return {str(k): str(v) for k, v in value.items()}
+    if origin in (types.UnionType, typing.Union):
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: '{key}' must be true or false, not {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: '{key}' must be an integer, not {value!r}")
+        if value < 0:
+            raise ConfigError(f"{path}: '{key}' must not be negative")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{path}: '{key}' must be a number, not {value!r}")
+        if value < 0:
+            raise ConfigError(f"{path}: '{key}' must not be negative")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: '{key}' must be a string, not {value!r}")
+        return value
+    raise ConfigError(f"{path}: '{key}' has an unsupported type")  # pragma: no cover
