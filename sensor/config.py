@@ -64,6 +64,17 @@ class WindowConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The CNN-LSTM window scorer (sensor.detect.model); windows come from `windows`."""
+
+    enabled: bool = False
+    path: str = ""  # ONNX file; "" = the shipped models/netsensor-cnnlstm.onnx
+    threads: int = 1  # onnxruntime intra-op threads
+    aggregate_seconds: float = 60.0  # one alert per (source, class) per this many seconds
+    batch_size: int = 512  # most windows per onnxruntime call (sorted by length)
+
+
+@dataclass(frozen=True)
 class EveConfig:
     enabled: bool = True
     filename: str = "eve.json"
@@ -80,9 +91,60 @@ class StatsConfig:
 
 
 @dataclass(frozen=True)
+class UnixSocketOutput:
+    """EVE to a unix socket a consumer listens on (the daemon connects, as Suricata does)."""
+
+    enabled: bool = False
+    path: str = ""
+    queue: int = 65536  # lines held while the consumer is slow or away; more are dropped
+
+
+@dataclass(frozen=True)
+class SyslogOutput:
+    enabled: bool = False
+    address: str = "/dev/log"  # a unix datagram socket path, or udp://HOST:PORT
+    format: str = "rfc5424"  # or rfc3164
+    facility: str = "local5"
+    level: str = "info"
+    ident: str = "netsensor"
+    queue: int = 65536
+
+
+@dataclass(frozen=True)
+class RedisOutput:
+    enabled: bool = False
+    server: str = "127.0.0.1"
+    port: int = 6379
+    mode: str = "list"  # list (LPUSH), lpush, rpush, channel (PUBLISH), publish
+    key: str = "netsensor"
+    password: str = ""
+    db: int = 0
+    queue: int = 65536
+
+
+@dataclass(frozen=True)
 class OutputsConfig:
     eve: EveConfig = EveConfig()
     stats: StatsConfig = StatsConfig()
+    unix_stream: UnixSocketOutput = UnixSocketOutput()
+    unix_dgram: UnixSocketOutput = UnixSocketOutput()
+    syslog: SyslogOutput = SyslogOutput()
+    redis: RedisOutput = RedisOutput()
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """`netsensor run`: AF_PACKET capture settings (see sensor.capture.live)."""
+
+    workers: int | str = "auto"  # processes sharing the interface through PACKET_FANOUT
+    promisc: bool = True
+    bpf: str = ""
+    snaplen: int = 65535
+    rcvbuf: int = 33554432  # per worker socket receive buffer, bytes
+    batch_packets: int = 1024
+    batch_ms: float = 100.0
+    fanout_group: int = 0  # 0: derived from the process id
+    control_socket: str = ""  # default $RUNTIME_DIRECTORY/ctl.sock or /run/netsensor/ctl.sock
 
 
 @dataclass(frozen=True)
@@ -108,10 +170,12 @@ class VarsConfig:
 class Config:
     flow: FlowConfig = FlowConfig()
     windows: WindowConfig = WindowConfig()
+    model: ModelConfig = ModelConfig()
     outputs: OutputsConfig = OutputsConfig()
     replay: ReplayConfig = ReplayConfig()
     rules: RulesConfig = RulesConfig()
     vars: VarsConfig = VarsConfig()
+    live: LiveConfig = LiveConfig()
 
 
 def load_config(path: str | None) -> Config:
@@ -133,8 +197,14 @@ def load_config(path: str | None) -> Config:
     return build(Config, doc, path, "")
 
 
-def build(cls: type, doc: Any, path: str, prefix: str) -> Any:
-    """Build dataclass `cls` from a YAML mapping, checking every key and type."""
+def build(cls: type, doc: Any, path: str, prefix: str, base: Any = None) -> Any:
+    """Build dataclass `cls` from a YAML mapping, checking every key and type.
+
+    Keys the mapping leaves out keep `base`'s values (the parent's default), so
+    `flow.timeouts.tcp.new: 5` keeps the TCP defaults for the other TCP states.
+    """
+    if base is None:
+        base = cls()
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: '{prefix or '(top)'}' must be a mapping")
     hints = typing.get_type_hints(cls)
@@ -145,14 +215,13 @@ def build(cls: type, doc: Any, path: str, prefix: str) -> Any:
         dotted = f"{prefix}{key}"
         if name not in names:
             raise ConfigError(f"{path}: unknown key '{dotted}'")
-        values[name] = _convert(hints[name], value, path, dotted)
-    base = cls()
+        values[name] = _convert(hints[name], value, path, dotted, getattr(base, name))
     return dataclasses.replace(base, **values)
 
 
-def _convert(tp: Any, value: Any, path: str, key: str) -> Any:
+def _convert(tp: Any, value: Any, path: str, key: str, default: Any = None) -> Any:
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, path, key + ".")
+        return build(tp, value, path, key + ".", default)
     origin = typing.get_origin(tp)
     if origin is tuple:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

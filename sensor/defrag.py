@@ -30,6 +30,7 @@ class _Tracker:
     proto: int = 0
     end: int = -1  # total payload length, known once the last fragment arrived
     parts: list[tuple[int, bytes]] = field(default_factory=list)
+    link: tuple[bytes, int] = (b"", LINKTYPE_RAW)
     size: int = 0
 
 
@@ -56,19 +57,20 @@ class Defragmenter:
         idx = np.flatnonzero(d.fragment)
         if not len(idx):
             return None
-        out: list[tuple[bytes, int]] = []
+        out: list[tuple[bytes, int, int]] = []
         data = batch.data
         for i in idx.tolist():
             l3 = int(d.l3[i])
             ip = data[l3 : l3 + int(d.iplen[i])].tobytes()
             ts = int(batch.ts_us[i])
-            done = self._v4(ip, ts, d, i) if d.ipver[i] == 4 else self._v6(ip, ts)
+            link = (data[int(batch.offset[i]) : l3].tobytes(), int(batch.linktype[i]))
+            done = self._v4(ip, ts, link) if d.ipver[i] == 4 else self._v6(ip, ts, link)
             if done is not None:
-                out.append((done, ts))
+                out.append(done + (ts,))
         self._expire(int(batch.ts_us[-1]))
         if not out:
             return None
-        return _raw_batch(out)
+        return _frames_batch(out)
 
     def _expire(self, now: int) -> None:
         if len(self.trackers) < 64 and now % 16:
@@ -88,7 +90,7 @@ class Defragmenter:
         t.last_ts = ts
         return t
 
-    def _v4(self, ip: bytes, ts: int, d: DecodedBatch, i: int) -> bytes | None:
+    def _v4(self, ip: bytes, ts: int, link: tuple[bytes, int]) -> tuple[bytes, int] | None:
         self._count("defrag.ipv4.fragments")
         hl = (ip[0] & 0x0F) * 4
         fw = struct.unpack_from("!H", ip, 6)[0]
@@ -101,9 +103,10 @@ class Defragmenter:
         if off == 0:
             t.header = ip[:hl]
             t.proto = ip[9]
+            t.link = link
         return self._place(key, t, off, more, ip[hl:], 4)
 
-    def _v6(self, ip: bytes, ts: int) -> bytes | None:
+    def _v6(self, ip: bytes, ts: int, link: tuple[bytes, int]) -> tuple[bytes, int] | None:
         self._count("defrag.ipv6.fragments")
         nh = ip[6]
         pos = 40
@@ -127,10 +130,12 @@ class Defragmenter:
             t.header = ip[:pos]
             t.next_header_at = nh_at
             t.proto = frag_nh
+            t.link = link
         return self._place(key, t, off, more, ip[pos + 8 :], 6)
 
     def _place(self, key: tuple, t: _Tracker, off: int, more: bool, payload: bytes,
-               ver: int) -> bytes | None:
+               ver: int) -> tuple[bytes, int] | None:
+        """Add a fragment; return (frame, linktype) once the datagram is complete."""
         if off + len(payload) > MAX_DATAGRAM:
             self._count(f"decoder.event.ipv{ver}.frag_pkt_too_large")
             del self.trackers[key]
@@ -164,23 +169,26 @@ class Defragmenter:
         body = bytes(buf[: t.end])
         if ver == 4:
             hdr = bytearray(t.header)
-            struct.pack_into("!HH", hdr, 2, len(hdr) + len(body), 0)
+            struct.pack_into("!H", hdr, 2, len(hdr) + len(body))
+            struct.pack_into("!H", hdr, 6, 0)  # no more fragments, offset 0
             hdr[10:12] = b"\x00\x00"
-            return bytes(hdr) + body
-        hdr = bytearray(t.header)
-        hdr[t.next_header_at] = t.proto
-        struct.pack_into("!H", hdr, 4, len(hdr) - 40 + len(body))
-        return bytes(hdr) + body
+        else:
+            hdr = bytearray(t.header)
+            hdr[t.next_header_at] = t.proto
+            struct.pack_into("!H", hdr, 4, len(hdr) - 40 + len(body))
+        # the frame keeps the first fragment's link header (and VLAN tags), as Suricata's
+        # reassembled packet does, so flow byte counts agree
+        return t.link[0] + bytes(hdr) + body, t.link[1]
 
 
-def _raw_batch(packets: list[tuple[bytes, int]]) -> PacketBatch:
-    sizes = [len(p) for p, _ in packets]
+def _frames_batch(frames: list[tuple[bytes, int, int]]) -> PacketBatch:
+    sizes = [len(f) for f, _, _ in frames]
     offsets = np.cumsum([0] + sizes[:-1]).astype(np.int64)
-    data = np.frombuffer(b"".join(p for p, _ in packets) + bytes(BATCH_PAD), dtype=np.uint8)
-    n = len(packets)
+    data = np.frombuffer(b"".join(f for f, _, _ in frames) + bytes(BATCH_PAD), dtype=np.uint8)
     return PacketBatch(
         data=data, offset=offsets, caplen=np.asarray(sizes, dtype=np.int32),
         wirelen=np.asarray(sizes, dtype=np.int32),
-        ts_us=np.asarray([t for _, t in packets], dtype=np.int64),
-        linktype=np.full(n, LINKTYPE_RAW, dtype=np.uint16), first_cnt=0, pkt_src="defrag",
+        ts_us=np.asarray([t for _, _, t in frames], dtype=np.int64),
+        linktype=np.asarray([lt for _, lt, _ in frames], dtype=np.uint16), first_cnt=0,
+        pkt_src="defrag",
     )

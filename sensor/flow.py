@@ -35,6 +35,8 @@ T_RST = 32
 
 TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
 
+PORT_PROTOS = (PROTO_TCP, PROTO_UDP, 132)
+
 END_TIMEOUT = "timeout"
 END_FORCED = "forced"  # evicted under memory pressure (Suricata's word for it)
 END_SHUTDOWN = "shutdown"
@@ -80,6 +82,7 @@ class EndedFlows:
     cols: dict[str, np.ndarray]
     reason: str
     ts_us: np.ndarray  # the time the flow was logged at
+    slots: np.ndarray  # the slots they had (already free for reuse)
 
     def __len__(self) -> int:
         return len(self.ts_us)
@@ -92,7 +95,7 @@ class FlowTable:
         "hash": np.uint64, "flow_id": np.uint64, "ipver": np.uint8, "proto": np.uint8,
         "vlan0": np.uint16, "vlan1": np.uint16,
         "cli_hi": np.uint64, "cli_lo": np.uint64, "srv_hi": np.uint64, "srv_lo": np.uint64,
-        "cli_port": np.uint16, "srv_port": np.uint16, "cli_is_a": np.bool_,
+        "cli_port": np.uint16, "srv_port": np.uint16,
         "first_ts": np.int64, "last_ts": np.int64, "first_cnt": np.int64,
         "pkts_ts": np.int64, "pkts_tc": np.int64, "bytes_ts": np.int64, "bytes_tc": np.int64,
         "flags_ts": np.uint8, "flags_tc": np.uint8, "tcp": np.uint8, "state": np.uint8,
@@ -183,7 +186,7 @@ class FlowTable:
         self._count("flow.end.state.new", int(np.count_nonzero(st == STATE_NEW)))
         self._count("flow.end.state.established", int(np.count_nonzero(st == STATE_ESTABLISHED)))
         self._count("flow.end.state.closed", int(np.count_nonzero(st == STATE_CLOSED)))
-        return EndedFlows(snap, reason, ts_us)
+        return EndedFlows(snap, reason, ts_us, slots.copy())
 
     def expire(self, now_us: int) -> list[EndedFlows]:
         """End flows whose timeout passed at `now_us` (packet time)."""
@@ -261,7 +264,7 @@ class FlowTable:
         ts = ts_us[pidx]
         fl = d.tcp_flags[pidx]
         is_tcp = d.proto[pidx] == PROTO_TCP
-        fwd = a_first[order]
+        pk = (sh[order], sl[order], sp[order], dp[order], proto[order])
 
         # existing flows for each key
         index = self.index
@@ -294,8 +297,7 @@ class FlowTable:
             first_of_key = np.r_[True, seg_key[1:] != seg_key[:-1]]
             cont[first_of_key] = slot_of_key[seg_key[first_of_key]] >= 0
             cslot = np.where(cont, slot_of_key[seg_key], -1)
-            cli_is_a = np.where(cont, c["cli_is_a"][np.maximum(cslot, 0)], fwd[seg_first])
-            to_server = fwd == cli_is_a[seg_id]
+            to_server = self._direction(cont, cslot, seg_first, seg_id, pk)
             carry_tcp = np.where(cont, c["tcp"][np.maximum(cslot, 0)], 0)[seg_id]
             carry_ts = np.where(cont, c["pkts_ts"][np.maximum(cslot, 0)], 0)[seg_id]
             carry_tc = np.where(cont, c["pkts_tc"][np.maximum(cslot, 0)], 0)[seg_id]
@@ -338,8 +340,7 @@ class FlowTable:
                     cslot[lost] = -1
                     new_seg = ~cont
                     n_new = int(np.count_nonzero(new_seg))
-                    cli_is_a = np.where(cont, cli_is_a, fwd[seg_first])
-                    to_server = fwd == cli_is_a[seg_id]
+                    to_server = self._direction(cont, cslot, seg_first, seg_id, pk)
                     carry_tcp = np.where(cont, c["tcp"][np.maximum(cslot, 0)], 0)[seg_id]
                     carry_ts = np.where(cont, c["pkts_ts"][np.maximum(cslot, 0)], 0)[seg_id]
                     carry_tc = np.where(cont, c["pkts_tc"][np.maximum(cslot, 0)], 0)[seg_id]
@@ -348,7 +349,7 @@ class FlowTable:
         if n_new:
             new_slots = self._alloc(n_new)
             seg_slot[new_seg] = new_slots
-            self._init_flows(new_slots, seg_first[new_seg], pidx, fwd, hs, ts, d, first_cnt)
+            self._init_flows(new_slots, seg_first[new_seg], pidx, hs, ts, d, first_cnt)
             # a key with several instances in one batch: the index points to the last one
             for k, s in zip(hs[seg_first[new_seg]].tolist(), new_slots.tolist(), strict=True):
                 index[k] = s
@@ -401,8 +402,27 @@ class FlowTable:
         upd = FlowUpdate(*(getattr(upd, f)[back] for f in upd.__dataclass_fields__))
         return upd, ended
 
+    def _direction(self, cont: np.ndarray, cslot: np.ndarray, seg_first: np.ndarray,
+                   seg_id: np.ndarray, pk: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Packet direction by Suricata's rules (FlowGetPacketDirection).
+
+        TCP/UDP/SCTP with different ports: by source port; same ports, ICMP: by source
+        address; any other protocol: always to server.
+        """
+        sh, sl, sp, dp, proto = pk
+        c = self.cols
+        cs = np.maximum(cslot, 0)
+        cli_hi = np.where(cont, c["cli_hi"][cs], sh[seg_first])[seg_id]
+        cli_lo = np.where(cont, c["cli_lo"][cs], sl[seg_first])[seg_id]
+        cli_port = np.where(cont, c["cli_port"][cs], sp[seg_first])[seg_id]
+        ports = np.isin(proto, PORT_PROTOS)
+        icmp = (proto == PROTO_ICMP) | (proto == PROTO_ICMPV6)
+        from_cli = (sh == cli_hi) & (sl == cli_lo)
+        return np.where(ports & (sp != dp), sp == cli_port,
+                        np.where(ports | icmp, from_cli, True))
+
     def _init_flows(self, slots: np.ndarray, firsts: np.ndarray, pidx: np.ndarray,
-                    fwd: np.ndarray, hs: np.ndarray, ts: np.ndarray, d: DecodedBatch,
+                    hs: np.ndarray, ts: np.ndarray, d: DecodedBatch,
                     first_cnt: int) -> None:
         c = self.cols
         p = pidx[firsts]
@@ -417,7 +437,6 @@ class FlowTable:
         c["srv_lo"][slots] = d.dst_lo[p]
         c["cli_port"][slots] = d.sport[p]
         c["srv_port"][slots] = d.dport[p]
-        c["cli_is_a"][slots] = fwd[firsts]
         c["first_ts"][slots] = ts[firsts]
         c["last_ts"][slots] = ts[firsts]
         c["first_cnt"][slots] = first_cnt + p

@@ -176,6 +176,19 @@ class Pipeline:
         line = stats_event(self.now_us, uptime, self.all_counters())
         self._write([line], "stats")
 
+    def tick(self, now_us: int) -> None:
+        """Live capture's clock: end idle flows and write due stats when no packet comes."""
+        if now_us <= self.now_us:
+            return
+        self.now_us = now_us
+        self._write_ended(self.flows.expire(now_us))
+        if self.stats_interval_us and self.next_stats_us is not None and \
+                now_us >= self.next_stats_us:
+            self._stats()
+            self.next_stats_us = now_us + self.stats_interval_us
+        if self.sink is not None:
+            self.sink.flush()
+
 
 def _slice(batch: PacketBatch, lo: int, hi: int) -> PacketBatch:
     return PacketBatch(

@@ -1,0 +1,454 @@
+"""The CNN-LSTM window scorer: onnxruntime, contract checks, per-flow verdicts, EVE alerts.
+
+`ModelStage` is a pipeline stage that owns a `WindowStage`: flows are cut into windows, the
+windows closed while one batch is processed are turned into features (`sensor.features`)
+and scored together in one onnxruntime call. Per flow it keeps the highest attack score and
+its class in flow-table columns, written on the flow event under the top-level `metadata`
+object (`flowvars` / `flowints`, where Suricata logs flow variables). A window whose class
+probability reaches that class's threshold raises an EVE `alert`; alerts are aggregated to
+one per (source address, class) and period (see `AlertAggregator`).
+
+The model carries its contract in the ONNX metadata (written by `sensor.train`): feature
+spec, input names and shapes, classes, thresholds, window geometry. `load_model()` checks it
+against this sensor's feature spec and window config and raises `ModelError` with a one-line
+reason when anything differs; a missing or broken model is never silently skipped.
+
+This module needs numpy and onnxruntime only; PyTorch is a training-time extra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import features
+from ..config import Config, WindowConfig
+from ..flow import EndedFlows, FlowTable
+from ..output.eve import (
+    ICMP_PROTOS,
+    PORT_PROTOS,
+    dumps,
+    fmt_ts,
+    ip_bytes,
+    ip_str,
+    proto_name,
+)
+from ..pipeline import BatchContext
+from ..windows import FLOW_FIELDS, WindowBatch, WindowStage
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "netsensor-cnnlstm.onnx"
+INPUT_NAMES = ("image", "sequence")
+META_PREFIX = "netsensor."
+REQUIRED_META = ("feature_spec", "inputs", "classes", "thresholds", "window", "model_name",
+                 "model_version")
+
+GID = 9000  # reserved for netsensor ML alerts
+# stable sids for the lab's families; any other class gets 9000100 + its index
+CLASS_SIDS = {"port-scan": 9000001, "flood": 9000002, "slow-dos": 9000003,
+              "brute-force": 9000004, "dns-tunnel": 9000005, "exfil": 9000006}
+# (category as in Suricata's classification.config, severity)
+CLASS_CATEGORY = {
+    "port-scan": ("Detection of a Network Scan", 3),
+    "flood": ("Attempted Denial of Service", 2),
+    "slow-dos": ("Attempted Denial of Service", 2),
+    "brute-force": ("Attempted User Privilege Gain", 1),
+    "dns-tunnel": ("Potentially Bad Traffic", 2),
+    "exfil": ("Potential Corporate Privacy Violation", 1),
+}
+
+
+class ModelError(Exception):
+    """The model cannot be used; the message says which file and what differs."""
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """What a model file promises about its inputs and outputs (from its ONNX metadata)."""
+
+    name: str
+    version: str
+    feature_spec: str
+    classes: tuple[str, ...]
+    thresholds: dict[str, float]
+    packets: int
+    bytes: int
+    seconds: float
+    meta: dict[str, str]
+
+    def sid(self, cls: str) -> int:
+        return CLASS_SIDS.get(cls, 9000100 + self.classes.index(cls))
+
+
+def _loads(meta: dict[str, str], key: str, where: str) -> Any:
+    try:
+        return json.loads(meta[META_PREFIX + key])
+    except (ValueError, TypeError):
+        raise ModelError(f"{where}: metadata '{META_PREFIX}{key}' is not valid JSON") from None
+
+
+def load_model(path: str | os.PathLike, threads: int = 1,
+               window: WindowConfig | None = None) -> tuple[Any, ModelContract]:
+    """Open an ONNX model and check its contract; ModelError on any mismatch."""
+    where = f"model {path}"
+    if not os.path.isfile(path):
+        raise ModelError(f"{where}: no such file")
+    import onnxruntime as ort  # noqa: PLC0415 - heavy import only when a model is used
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(0, int(threads))
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=opts,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{where}: not a loadable ONNX model ({first[:160]})") from None
+    meta = dict(sess.get_modelmeta().custom_metadata_map)
+    missing = [k for k in REQUIRED_META if META_PREFIX + k not in meta]
+    if missing:
+        raise ModelError(f"{where}: not a netsensor model, metadata lacks "
+                         f"{', '.join(META_PREFIX + k for k in missing)}")
+    spec = meta[META_PREFIX + "feature_spec"]
+    if spec != features.FEATURE_SPEC:
+        raise ModelError(f"{where}: trained for feature spec {spec!r}, this sensor computes "
+                         f"{features.FEATURE_SPEC!r}; retrain or use a matching sensor")
+    classes = _loads(meta, "classes", where)
+    thresholds = _loads(meta, "thresholds", where)
+    win = _loads(meta, "window", where)
+    declared = _loads(meta, "inputs", where)
+    if (not isinstance(classes, list) or len(classes) < 2 or classes[0] != "benign"
+            or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes)):
+        raise ModelError(f"{where}: classes must be a list starting with 'benign', "
+                         f"got {classes!r}")
+    if not isinstance(thresholds, dict) or set(thresholds) != set(classes[1:]) or not all(
+            isinstance(v, int | float) and 0 < v <= 1 for v in thresholds.values()):
+        raise ModelError(f"{where}: thresholds must give each attack class a value in (0, 1], "
+                         f"got {thresholds!r}")
+    try:
+        n, m, secs = int(win["packets"]), int(win["bytes"]), float(win["seconds"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelError(f"{where}: metadata window must hold packets, bytes, seconds") from None
+    # the packet axis is dynamic ("packets", at most window.packets): the sensor trims
+    # trailing padding, which leaves the outputs unchanged (see sensor.train.make_model)
+    want = {"image": m, "sequence": features.N_SEQ}
+    got_inputs = {i.name: i.shape for i in sess.get_inputs()}
+    if sorted(got_inputs) != sorted(INPUT_NAMES):
+        raise ModelError(f"{where}: inputs are {sorted(got_inputs)}, expected "
+                         f"{list(INPUT_NAMES)}")
+    for name in INPUT_NAMES:
+        shape = got_inputs[name]
+        if (len(shape) != 3 or shape[2] != want[name] or isinstance(shape[0], int)
+                or isinstance(shape[1], int)):
+            raise ModelError(f"{where}: input '{name}' has shape {shape}, this sensor feeds "
+                             f"[batch, packets<={n}, {want[name]}]")
+        if declared.get(name) != ["batch", "packets", want[name]]:
+            raise ModelError(f"{where}: metadata declares input '{name}' as "
+                             f"{declared.get(name)}, the graph has {shape}")
+    outs = sess.get_outputs()
+    if len(outs) != 1 or len(outs[0].shape) != 2 or outs[0].shape[1] != len(classes):
+        raise ModelError(f"{where}: output shape {[o.shape for o in outs]} does not match "
+                         f"{len(classes)} classes")
+    contract = ModelContract(
+        name=meta[META_PREFIX + "model_name"], version=meta[META_PREFIX + "model_version"],
+        feature_spec=spec, classes=tuple(classes),
+        thresholds={k: float(v) for k, v in thresholds.items()},
+        packets=n, bytes=m, seconds=secs, meta=meta)
+    if window is not None:
+        check_window(contract, window, where)
+    return sess, contract
+
+
+def check_window(contract: ModelContract, window: WindowConfig, where: str = "model") -> None:
+    """The running window config must cut windows the way the training data was cut."""
+    diffs = []
+    if window.packets != contract.packets:
+        diffs.append(f"packets {window.packets} (model: {contract.packets})")
+    if window.bytes != contract.bytes:
+        diffs.append(f"bytes {window.bytes} (model: {contract.bytes})")
+    if abs(window.seconds - contract.seconds) > 1e-9:
+        diffs.append(f"seconds {window.seconds:g} (model: {contract.seconds:g})")
+    if diffs:
+        raise ModelError(f"{where}: config windows differ from the model's training windows: "
+                         + ", ".join(diffs))
+
+
+class AlertAggregator:
+    """One alert per (source, class) per period; windows in between are counted, not logged.
+
+    The first window over threshold for a key raises an alert at once (count 1). Further
+    windows within `period_us` of that alert are suppressed and counted; the next window after
+    the period raises the next alert, whose count covers itself plus every window suppressed
+    since the previous alert. So a 10,000-port scan lasting two minutes gives about three
+    alerts, the later ones saying how many windows they stand for.
+    """
+
+    def __init__(self, period_us: int, max_keys: int = 65536):
+        self.period_us = int(period_us)
+        self.max_keys = max_keys
+        self.state: dict[tuple, list[int]] = {}  # key -> [last alert ts, suppressed since]
+
+    def offer(self, key: tuple, ts_us: int) -> int | None:
+        """Count to report when this window raises an alert, None when it is suppressed."""
+        st = self.state.get(key)
+        if st is None or ts_us - st[0] >= self.period_us or self.period_us <= 0:
+            count = 1 + (st[1] if st is not None else 0)
+            if st is None and len(self.state) >= self.max_keys:
+                self._prune(ts_us)
+            self.state[key] = [ts_us, 0]
+            return count
+        st[1] += 1
+        return None
+
+    def _prune(self, now_us: int) -> None:
+        old = [k for k, (t, n) in self.state.items() if now_us - t >= self.period_us and not n]
+        for k in old[: max(1, len(old))]:
+            del self.state[k]
+        if len(self.state) >= self.max_keys:  # still full: forget the oldest quarter
+            for k in sorted(self.state, key=lambda k: self.state[k][0])[: self.max_keys // 4]:
+                del self.state[k]
+
+
+def predict_session(sess: Any, image: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """One onnxruntime call: probabilities [B, C]."""
+    return sess.run(None, {"image": np.ascontiguousarray(image, dtype=np.float32),
+                           "sequence": np.ascontiguousarray(seq, dtype=np.float32)})[0]
+
+
+def _concat(batches: list[WindowBatch]) -> WindowBatch:
+    if len(batches) == 1:
+        return batches[0]
+    cat = np.concatenate
+    return WindowBatch(
+        n_packets=cat([b.n_packets for b in batches]), start_us=cat([b.start_us for b in batches]),
+        end_us=cat([b.end_us for b in batches]), slot=cat([b.slot for b in batches]),
+        pkts={k: cat([b.pkts[k] for b in batches]) for k in batches[0].pkts},
+        data=cat([b.data for b in batches]),
+        flow={k: cat([b.flow[k] for b in batches]) for k in FLOW_FIELDS})
+
+
+class ModelStage:
+    """Windows -> features -> onnxruntime -> per-flow verdicts and aggregated alerts."""
+
+    COLS = {"ml_score": (np.float32, -1.0), "ml_class": (np.int16, 0),
+            "ml_windows": (np.int32, 0), "ml_over": (np.bool_, False)}
+
+    def __init__(self, cfg: Config, session: Any, contract: ModelContract,
+                 batch_size: int = 512):
+        self.cfg = cfg
+        self.sess = session
+        self.contract = contract
+        self.batch_size = max(1, batch_size)
+        wcfg = dataclasses.replace(cfg.windows, enabled=True)
+        check_window(contract, wcfg)
+        self.windows = WindowStage(wcfg, self._collect)
+        self.collected: list[WindowBatch] = []
+        self.classes = contract.classes
+        self.thr = np.array([2.0] + [contract.thresholds[c] for c in self.classes[1:]],
+                            dtype=np.float32)  # benign never alerts
+        self.agg = AlertAggregator(int(cfg.model.aggregate_seconds * 1_000_000))
+        self.table: FlowTable | None = None
+        self.cid = cfg.outputs.eve.community_id
+        self.cid_seed = cfg.outputs.eve.community_id_seed
+        self.stats = {"ml.windows_scored": 0, "ml.batches": 0, "ml.windows_over_threshold": 0,
+                      "ml.alerts": 0, "ml.alerts_aggregated": 0}
+        self.last_scores: np.ndarray | None = None  # probabilities of the last scored batch
+
+    # -- stage hooks ---------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats)
+
+    def on_batch(self, ctx: BatchContext) -> list[str]:
+        self._attach(ctx.flows)
+        self.windows.on_batch(ctx)
+        return self._score(None)
+
+    def on_flows_ended(self, ended: EndedFlows) -> list[str]:
+        self.windows.on_flows_ended(ended)
+        return self._score(ended)
+
+    def finish(self) -> list[str]:
+        self.windows.finish()
+        return self._score(None)
+
+    def flow_extra(self, ended: EndedFlows):
+        def extra(ev: dict[str, Any], i: int) -> None:
+            cols = ended.cols
+            if "ml_windows" not in cols or not cols["ml_windows"][i]:
+                return
+            score = float(cols["ml_score"][i])
+            cls = self.classes[int(cols["ml_class"][i])] if cols["ml_over"][i] else "benign"
+            meta = ev.setdefault("metadata", {})
+            meta.setdefault("flowints", {}).update({
+                "ml_score_permille": int(round(score * 1000)),
+                "ml_windows": int(cols["ml_windows"][i])})
+            fv = meta.setdefault("flowvars", [])
+            fv.append({"key": "ml_class", "value": cls})
+            fv.append({"key": "ml_score", "value": f"{score:.3f}"})
+        return extra
+
+    # -- internals -----------------------------------------------------------------------------
+    def _attach(self, table: FlowTable) -> None:
+        if self.table is table:
+            return
+        self.table = table
+        for name, (dtype, default) in self.COLS.items():
+            if name not in table.cols:
+                table.add_column(name, dtype, default)
+
+    def _collect(self, wb: WindowBatch) -> list[str]:
+        self.collected.append(wb)
+        return []
+
+    def predict(self, image: np.ndarray, seq: np.ndarray, n_packets: np.ndarray) -> np.ndarray:
+        """Class probabilities [B, C]. Windows are scored shortest first in chunks of at most
+        batch_size, each chunk trimmed to its longest window (padding past a window's last
+        packet does not change its output, and most windows hold a few packets)."""
+        probs = np.zeros((len(image), len(self.classes)), np.float32)
+        order = np.argsort(n_packets, kind="stable")
+        counts = np.maximum(n_packets[order], 1)
+        lo = 0
+        while lo < len(order):
+            hi = min(len(order), lo + self.batch_size)
+            length = int(min(image.shape[1], counts[hi - 1]))
+            idx = order[lo:hi]
+            probs[idx] = predict_session(self.sess, image[idx, :length], seq[idx, :length])
+            self.stats["ml.batches"] += 1
+            lo = hi
+        return probs
+
+    def _score(self, ended: EndedFlows | None) -> list[str]:
+        if not self.collected:
+            return []
+        wb = _concat(self.collected)
+        self.collected = []
+        img, seq = features.extract(wb, self.contract.packets, self.contract.bytes)
+        probs = self.predict(img, seq, wb.n_packets)
+        self.last_scores = probs
+        self.stats["ml.windows_scored"] += len(wb)
+        attack = probs[:, 1:]
+        top = attack.argmax(axis=1) + 1
+        score = probs[np.arange(len(wb)), top]
+        ratio = probs / self.thr[None, :]
+        over_any = (ratio[:, 1:] >= 1.0).any(axis=1)
+        # the class that alerts: the over-threshold class furthest over its threshold
+        alert_cls = ratio[:, 1:].argmax(axis=1) + 1
+        alert_score = probs[np.arange(len(wb)), alert_cls]
+        rows, cols = self._flow_rows(wb, ended)
+        fid = wb.flow["flow_id"]
+        for j in range(len(wb)):
+            r = rows[j]
+            if r < 0:
+                continue
+            if cols["ml_windows"][r] == 0 or score[j] > cols["ml_score"][r]:
+                cols["ml_score"][r] = score[j]
+                if not cols["ml_over"][r] or over_any[j]:
+                    cols["ml_class"][r] = alert_cls[j] if over_any[j] else top[j]
+            if over_any[j] and not cols["ml_over"][r]:
+                cols["ml_over"][r] = True
+                cols["ml_class"][r] = alert_cls[j]
+            cols["ml_windows"][r] += 1
+        hits = np.flatnonzero(over_any)
+        self.stats["ml.windows_over_threshold"] += len(hits)
+        lines = []
+        for j in hits[np.argsort(wb.end_us[hits], kind="stable")].tolist():
+            cls = self.classes[int(alert_cls[j])]
+            src = (int(wb.flow["ipver"][j]), int(wb.flow["cli_hi"][j]), int(wb.flow["cli_lo"][j]))
+            count = self.agg.offer((src, cls), int(wb.end_us[j]))
+            if count is None:
+                self.stats["ml.alerts_aggregated"] += 1
+                continue
+            self.stats["ml.alerts"] += 1
+            if rows[j] >= 0:
+                cols["alerted"][rows[j]] = True
+            lines.append(self._alert(wb, j, cls, float(alert_score[j]), count, int(fid[j])))
+        return lines
+
+    def _flow_rows(self, wb: WindowBatch, ended: EndedFlows | None) -> tuple[np.ndarray, dict]:
+        """Row of each window's flow in the live table (or in `ended`'s snapshot); -1 if gone."""
+        fid = wb.flow["flow_id"]
+        if ended is not None:
+            cols = ended.cols
+            for name, (dtype, default) in self.COLS.items():
+                if name not in cols:
+                    cols[name] = np.full(len(ended), default, dtype=dtype)
+            pos = {int(f): i for i, f in enumerate(cols["flow_id"].tolist())}
+            rows = np.array([pos.get(int(f), -1) for f in fid.tolist()], dtype=np.int64)
+            return rows, cols
+        if self.table is None:
+            return np.full(len(wb), -1, np.int64), {}
+        cols = self.table.cols
+        slot = wb.slot
+        ok = (slot < len(cols["flow_id"])) & cols["active"][np.minimum(slot, len(
+            cols["flow_id"]) - 1)]
+        ok &= cols["flow_id"][np.minimum(slot, len(cols["flow_id"]) - 1)] == fid
+        return np.where(ok, slot, -1), cols
+
+    def _alert(self, wb: WindowBatch, j: int, cls: str, score: float, count: int,
+               flow_id: int) -> str:
+        f = {k: int(wb.flow[k][j]) for k in FLOW_FIELDS}
+        proto = f["proto"]
+        ev: dict[str, Any] = {"timestamp": fmt_ts(int(wb.end_us[j])), "flow_id": flow_id,
+                              "event_type": "alert"}
+        vlan = [v for v in (f["vlan0"], f["vlan1"]) if v]
+        if vlan:
+            ev["vlan"] = vlan
+        ev["src_ip"] = ip_str(f["ipver"], f["cli_hi"], f["cli_lo"])
+        if proto in PORT_PROTOS:
+            ev["src_port"] = f["cli_port"]
+        ev["dest_ip"] = ip_str(f["ipver"], f["srv_hi"], f["srv_lo"])
+        if proto in PORT_PROTOS:
+            ev["dest_port"] = f["srv_port"]
+        ev["proto"] = proto_name(proto)
+        if proto in ICMP_PROTOS:
+            ev["icmp_type"], ev["icmp_code"] = f["cli_port"] & 0xFF, f["cli_port"] >> 8
+        ev["pkt_src"] = "wire/pcap"
+        if self.cid:
+            from ..community_id import community_id
+
+            sport, dport = f["cli_port"], f["srv_port"]
+            if proto in ICMP_PROTOS:
+                sport, dport = sport & 0xFF, sport >> 8
+            elif proto not in PORT_PROTOS:
+                sport = dport = 0
+            ev["community_id"] = community_id(
+                ip_bytes(f["ipver"], f["cli_hi"], f["cli_lo"]),
+                ip_bytes(f["ipver"], f["srv_hi"], f["srv_lo"]), proto, sport, dport,
+                self.cid_seed)
+        category, severity = CLASS_CATEGORY.get(cls, ("Misc activity", 3))
+        c = self.contract
+        ev["alert"] = {
+            "action": "allowed", "gid": GID, "signature_id": c.sid(cls), "rev": 1,
+            "signature": f"NETSENSOR ML {cls} pattern", "category": category,
+            "severity": severity,
+            "metadata": {
+                "model": [c.name], "model_version": [c.version], "class": [cls],
+                "score": [f"{score:.3f}"], "threshold": [f"{c.thresholds[cls]:.3f}"],
+                "window_start": [fmt_ts(int(wb.start_us[j]))],
+                "window_packets": [str(int(wb.n_packets[j]))],
+                "window_count": [str(count)],
+            },
+        }
+        ev["direction"] = "to_server"
+        return dumps(ev)
+
+
+def build_model_stage(cfg: Config) -> ModelStage | None:
+    """The model stage the config asks for, or None when `model.enabled` is false.
+
+    Raises ModelError (one line, naming the file and what differs) when the model cannot be
+    used: missing or corrupt file, another feature spec, other input shapes or windows.
+    """
+    mc = cfg.model
+    if not mc.enabled:
+        return None
+    path = mc.path or str(DEFAULT_MODEL)
+    sess, contract = load_model(path, mc.threads, dataclasses.replace(cfg.windows, enabled=True))
+    return ModelStage(cfg, sess, contract, batch_size=mc.batch_size)

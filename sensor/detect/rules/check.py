@@ -1,0 +1,32 @@
+"""`netsensor check-rules FILE...`: report every rule that would not load.
+
+Exit 0 when all rules load, 1 when some are rejected, 2 when a file cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .loader import load_rules
+
+
+def check_rules_main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="netsensor check-rules",
+                                 description="Check Suricata rule files against this engine.")
+    ap.add_argument("files", nargs="+", metavar="FILE")
+    args = ap.parse_args(argv)
+    rs = load_rules(args.files)
+    for msg in rs.file_errors:
+        print(msg, file=sys.stderr)
+    for err in rs.errors:
+        print(err)
+    print(f"{rs.loaded} rules loaded, {rs.rejected} rejected", file=sys.stderr)
+    if rs.file_errors:
+        return 2
+    return 1 if rs.errors else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(check_rules_main())

@@ -1,0 +1,175 @@
+"""Window -> model inputs: the feature image [N, M] and the sequence [N, F] (one versioned spec).
+
+Training (`netsensor train`) and the sensor (`sensor.detect.model`) both call `extract()` on
+the `WindowBatch` that `sensor.windows.WindowStage` produces, so what the model learned on is
+exactly what it scores in production (no train/serve skew). Any change to what this module
+computes must bump `FEATURE_SPEC`: a shipped model records the spec it was trained with and
+the sensor refuses to run a model whose spec differs.
+
+Feature image ("image", float32 [B, N, M])
+    The first M bytes of each of the window's first N IP packets (the IP header onwards, as
+    `WindowStage` cut them), divided by 255. Fields that identify *hosts or connections*
+    rather than *behaviour* are zeroed before scaling:
+
+    - IPv4: identification (bytes 4-5), TTL (8), header checksum (10-11), source and
+      destination addresses (12-19);
+    - IPv6: flow label (bytes 1-3; byte 1 also holds the low traffic-class nibble),
+      hop limit (7), addresses (8-39);
+    - TCP: ports, sequence and acknowledgement numbers, checksum;
+      UDP: ports, checksum; ICMP/ICMPv6: checksum.
+
+    Why: a CNN learns whatever separates the training classes most cheaply. In a lab the
+    attacker is always 10.77.0.66, the victim always listens on the same ports, each OS
+    stack has its own TTL and IP-id pattern, and checksums/sequence numbers are functions of
+    exactly those values. Left visible, the model would learn "packets from .66 are
+    attacks" - perfect on the lab's test split and useless (or dangerous: trivially evaded,
+    or alerting on whichever host reuses that address) anywhere else. Masking forces it to
+    learn from what the traffic *does*: flag patterns, header lengths and options, payload
+    bytes, sizes and timing. (The server port is still visible indirectly through payload
+    content; that is behaviour, e.g. an HTTP request line.)
+
+Sequence ("sequence", float32 [B, N, F]), per packet, in this column order (SEQ_FEATURES):
+    valid             1 for a real packet, 0 for padding
+    to_server         1 client->server, 0 server->client
+    log_size          log1p(IP length) / log1p(65535)
+    log_iat           log1p(microseconds since the previous packet in the window) / log1p(1e7)
+                      (0 for the first packet)
+    log_t             log1p(microseconds since the window's first packet) / log1p(1e7)
+    fin syn rst psh ack urg ece cwr    TCP flag bits (0 for non-TCP)
+    log_payload       log1p(transport payload length) / log1p(65535)
+    tcp_win           TCP window / 65535 (0 for non-TCP)
+    tcp udp icmp other_proto           protocol one-hot (ICMP covers ICMPv6)
+
+Padding and truncation: a window holds at most N packets (WindowStage closes it at N), and
+rows past `n_packets` are all zero in both inputs (valid = 0). Arrays narrower than N or M
+are zero-padded, wider ones truncated to the first N packets / M bytes, so a batch from a
+differently configured WindowStage still yields the spec's shapes (the model stage refuses
+such a configuration anyway; see `sensor.detect.model`). Everything is batched numpy, no
+per-packet Python.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FEATURE_SPEC = "netsensor-features/1"
+
+SEQ_FEATURES = (
+    "valid", "to_server", "log_size", "log_iat", "log_t",
+    "fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr",
+    "log_payload", "tcp_win", "tcp", "udp", "icmp", "other_proto",
+)
+N_SEQ = len(SEQ_FEATURES)
+
+_LOG_SIZE = float(np.log1p(65535.0))
+_LOG_TIME = float(np.log1p(1e7))
+
+
+def _fit(a: np.ndarray, n: int, m: int | None = None) -> np.ndarray:
+    """Truncate or zero-pad axis 1 to n (and axis 2 to m)."""
+    b = a.shape[0]
+    if a.shape[1] != n:
+        out = np.zeros((b, n, *a.shape[2:]), dtype=a.dtype)
+        k = min(n, a.shape[1])
+        out[:, :k] = a[:, :k]
+        a = out
+    if m is not None and a.shape[2] != m:
+        out = np.zeros((b, n, m), dtype=a.dtype)
+        k = min(m, a.shape[2])
+        out[:, :, :k] = a[:, :, :k]
+        a = out
+    return a
+
+
+def host_mask(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Bool [B, N, M]: True where a byte belongs to a host-identifying field (see above)."""
+    b, n, m = data.shape
+    pos = np.arange(m, dtype=np.int32)[None, None, :]
+    d = data.astype(np.int32)
+    ver = d[:, :, 0] >> 4
+    v4 = (ver == 4) & valid
+    v6 = (ver == 6) & valid
+    ihl = (d[:, :, 0] & 0x0F) * 4
+    if m > 9:
+        proto4 = d[:, :, 9]
+        frag_off = ((d[:, :, 6] & 0x1F) << 8) | d[:, :, 7]
+    else:
+        proto4 = np.zeros((b, n), np.int32)
+        frag_off = np.zeros((b, n), np.int32)
+    proto6 = d[:, :, 6] if m > 6 else np.zeros((b, n), np.int32)
+    # transport header start (first fragment / no extension headers only)
+    l4 = np.where(v4 & (frag_off == 0), ihl, np.where(v6, 40, -1000))
+    proto = np.where(v4, proto4, np.where(v6, proto6, -1))
+
+    def span(start: np.ndarray | int, length: int, where: np.ndarray) -> np.ndarray:
+        s = np.asarray(start)
+        if s.ndim:
+            s = s[:, :, None]
+        return where[:, :, None] & (pos >= s) & (pos < s + length)
+
+    mask = span(4, 2, v4) | span(8, 1, v4) | span(10, 10, v4)
+    mask |= span(2, 2, v6) | span(7, 33, v6)
+    mask |= (pos == 1) & v6[:, :, None]  # low nibble of byte 1 is flow label; high is TC
+    tcp = proto == 6
+    udp = proto == 17
+    icmp = (proto == 1) | (proto == 58)
+    mask |= span(l4, 12, tcp) | span(l4 + 16, 2, tcp)  # ports, seq, ack; checksum
+    mask |= span(l4, 4, udp) | span(l4 + 6, 2, udp)  # ports; checksum
+    mask |= span(l4 + 2, 2, icmp)  # checksum
+    return mask
+
+
+def masked_bytes(data: np.ndarray, n_packets: np.ndarray, n: int, m: int) -> np.ndarray:
+    """uint8 [B, n, m]: window bytes fitted to n x m, host fields and padding zeroed."""
+    data = _fit(np.asarray(data, dtype=np.uint8), n, m)
+    valid = np.arange(n)[None, :] < np.minimum(n_packets, n)[:, None]
+    masked = np.where(host_mask(data, valid), 0, data).astype(np.uint8)
+    masked[~valid] = 0
+    return masked
+
+
+def scale_bytes(masked: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [0, 1] (the image the model sees)."""
+    return masked.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def image(data: np.ndarray, n_packets: np.ndarray, n: int, m: int) -> np.ndarray:
+    """Feature image float32 [B, n, m] from window bytes uint8 [B, N', M']."""
+    return scale_bytes(masked_bytes(data, n_packets, n, m))
+
+
+def sequence(pkts: dict[str, np.ndarray], n_packets: np.ndarray, n: int) -> np.ndarray:
+    """Sequence features float32 [B, n, N_SEQ] from the per-packet window fields."""
+    p = {k: _fit(np.asarray(v), n) for k, v in pkts.items()}
+    b = len(n_packets)
+    valid = np.arange(n)[None, :] < np.minimum(n_packets, n)[:, None]
+    out = np.zeros((b, n, N_SEQ), dtype=np.float32)
+    vf = valid.astype(np.float32)
+    ts = p["ts_us"].astype(np.int64)
+    iat = np.zeros((b, n), dtype=np.float64)
+    if n > 1:
+        iat[:, 1:] = np.maximum(ts[:, 1:] - ts[:, :-1], 0)
+    rel = np.maximum(ts - ts[:, :1], 0).astype(np.float64)
+    proto = p["proto"].astype(np.int32)
+    is_tcp = proto == 6
+    flags = np.where(is_tcp, p["tcp_flags"].astype(np.int32), 0)
+    out[:, :, 0] = vf
+    out[:, :, 1] = p["to_server"] != 0
+    out[:, :, 2] = np.log1p(np.maximum(p["size"], 0).astype(np.float64)) / _LOG_SIZE
+    out[:, :, 3] = np.log1p(iat) / _LOG_TIME
+    out[:, :, 4] = np.log1p(rel) / _LOG_TIME
+    for bit in range(8):
+        out[:, :, 5 + bit] = (flags >> bit) & 1
+    out[:, :, 13] = np.log1p(np.maximum(p["payload_len"], 0).astype(np.float64)) / _LOG_SIZE
+    out[:, :, 14] = np.where(is_tcp, np.clip(p["tcp_win"], 0, 65535), 0) / 65535.0
+    out[:, :, 15] = is_tcp
+    out[:, :, 16] = proto == 17
+    out[:, :, 17] = (proto == 1) | (proto == 58)
+    out[:, :, 18] = ~(is_tcp | (proto == 17) | (proto == 1) | (proto == 58))
+    out *= vf[:, :, None]
+    return out
+
+
+def extract(wb, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image [B, n, m], sequence [B, n, N_SEQ]) for a `WindowBatch`."""
+    return image(wb.data, wb.n_packets, n, m), sequence(wb.pkts, wb.n_packets, n)

@@ -1,0 +1,323 @@
+"""The ONNX model stage: contract checks, ONNX == PyTorch, alert aggregation, shipped model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sensor import features
+from sensor.capture.pcap import PcapSource
+from sensor.config import Config, ConfigError, ModelConfig, WindowConfig, load_config
+from sensor.detect.model import (
+    DEFAULT_MODEL,
+    AlertAggregator,
+    ModelContract,
+    ModelError,
+    ModelStage,
+    build_model_stage,
+    load_model,
+)
+from sensor.output.sinks import EveFileSink
+from sensor.pipeline import Pipeline
+from sensor.windows import FLOW_FIELDS, WindowBatch
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "pcaps" / "sample.pcap"
+SCHEMA = REPO.parent / "shared" / "eve-schema" / "schema-7.0.10.json"
+N, M = 32, 64
+
+
+def _edited(tmp_path, edit) -> Path:
+    onnx = pytest.importorskip("onnx")
+    mp = onnx.load(str(DEFAULT_MODEL))
+    edit(mp)
+    out = tmp_path / "edited.onnx"
+    onnx.save(mp, str(out))
+    return out
+
+
+def _set_meta(key: str, value: str):
+    def edit(mp):
+        for p in mp.metadata_props:
+            if p.key == key:
+                p.value = value
+                return
+        p = mp.metadata_props.add()
+        p.key, p.value = key, value
+    return edit
+
+
+# -- contract -------------------------------------------------------------------------------
+
+def test_importing_the_stage_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, sensor.detect.model, sensor.train, sensor.features; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError, match=r"model .*nope\.onnx: no such file"):
+        load_model(tmp_path / "nope.onnx")
+
+
+def test_corrupt_file(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage, not a protobuf" * 10)
+    with pytest.raises(ModelError, match="not a loadable ONNX model"):
+        load_model(bad)
+    half = tmp_path / "half.onnx"
+    half.write_bytes(DEFAULT_MODEL.read_bytes()[: DEFAULT_MODEL.stat().st_size // 2])
+    with pytest.raises(ModelError, match="not a loadable ONNX model"):
+        load_model(half)
+
+
+def test_wrong_feature_spec(tmp_path):
+    p = _edited(tmp_path, _set_meta("netsensor.feature_spec", "netsensor-features/0"))
+    with pytest.raises(ModelError) as exc:
+        load_model(p)
+    msg = str(exc.value)
+    assert "'netsensor-features/0'" in msg and features.FEATURE_SPEC in msg
+    assert "\n" not in msg
+
+
+def test_not_a_netsensor_model(tmp_path):
+    def strip(mp):
+        del mp.metadata_props[:]
+    with pytest.raises(ModelError, match="metadata lacks netsensor.feature_spec"):
+        load_model(_edited(tmp_path, strip))
+
+
+def test_wrong_input_shape(tmp_path):
+    # the graph takes 64 bytes per packet; a model whose contract says 48 must be refused
+    p = _edited(tmp_path, _set_meta("netsensor.window",
+                                    json.dumps({"packets": 32, "bytes": 48, "seconds": 10.0})))
+    with pytest.raises(ModelError, match=r"input 'image' has shape .*64.*feeds .*48"):
+        load_model(p)
+
+    def wrong_graph(mp):
+        mp.graph.input[1].type.tensor_type.shape.dim[2].dim_value = features.N_SEQ + 1
+    with pytest.raises(ModelError, match=r"input 'sequence'|not a loadable"):
+        load_model(_edited(tmp_path, wrong_graph))
+
+
+def test_bad_classes_and_thresholds(tmp_path):
+    p = _edited(tmp_path, _set_meta("netsensor.classes", json.dumps(["port-scan", "benign"])))
+    with pytest.raises(ModelError, match="classes must be a list starting with 'benign'"):
+        load_model(p)
+    p = _edited(tmp_path, _set_meta("netsensor.thresholds", json.dumps({"flood": 0.5})))
+    with pytest.raises(ModelError, match="thresholds must give each attack class"):
+        load_model(p)
+    p = _edited(tmp_path, _set_meta("netsensor.thresholds", "{not json"))
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load_model(p)
+
+
+def test_window_config_must_match(tmp_path):
+    with pytest.raises(ModelError, match=r"packets 16 \(model: 32\)"):
+        load_model(DEFAULT_MODEL, window=WindowConfig(packets=16))
+    with pytest.raises(ModelError, match=r"seconds 5 \(model: 10\)"):
+        load_model(DEFAULT_MODEL, window=WindowConfig(seconds=5.0))
+    cfg = dataclasses.replace(Config(), model=ModelConfig(enabled=True),
+                              windows=WindowConfig(bytes=128))
+    with pytest.raises(ModelError, match=r"bytes 128 \(model: 64\)"):
+        build_model_stage(cfg)
+
+
+def test_config_section(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  enabled: true\n  threads: 2\n  aggregate_seconds: 30\n")
+    cfg = load_config(str(f))
+    assert cfg.model == ModelConfig(enabled=True, threads=2, aggregate_seconds=30.0)
+    f.write_text("model:\n  treads: 2\n")
+    with pytest.raises(ConfigError, match="unknown key 'model.treads'"):
+        load_config(str(f))
+    assert build_model_stage(Config()) is None  # disabled by default
+    missing = dataclasses.replace(Config(), model=ModelConfig(enabled=True,
+                                                              path=str(tmp_path / "x.onnx")))
+    with pytest.raises(ModelError, match="no such file"):
+        build_model_stage(missing)
+
+
+# -- ONNX == PyTorch ------------------------------------------------------------------------
+
+def test_onnx_matches_pytorch(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from sensor.train import export_onnx, make_model
+
+    torch.manual_seed(3)
+    classes = ["benign", "flood", "port-scan"]
+    model = make_model(N, M, features.N_SEQ, len(classes)).eval()
+    meta = {
+        "netsensor.model_name": "t", "netsensor.model_version": "0",
+        "netsensor.feature_spec": features.FEATURE_SPEC,
+        "netsensor.inputs": json.dumps({"image": ["batch", "packets", M],
+                                        "sequence": ["batch", "packets", features.N_SEQ]}),
+        "netsensor.classes": json.dumps(classes),
+        "netsensor.thresholds": json.dumps({"flood": 0.5, "port-scan": 0.9}),
+        "netsensor.window": json.dumps({"packets": N, "bytes": M, "seconds": 10.0}),
+    }
+    path = str(tmp_path / "m.onnx")
+    export_onnx(model, path, N, M, meta)
+    sess, contract = load_model(path, window=WindowConfig())
+    assert contract.classes == tuple(classes) and contract.thresholds["port-scan"] == 0.9
+    rng = np.random.default_rng(0)
+    b = 37
+    npk = rng.integers(1, N + 1, b)
+    img = rng.random((b, N, M), dtype=np.float32)
+    seq = rng.random((b, N, features.N_SEQ), dtype=np.float32)
+    valid = np.arange(N)[None, :] < npk[:, None]
+    img[~valid] = 0
+    seq[~valid] = 0
+    seq[:, :, 0] = valid
+    with torch.no_grad():
+        ref = torch.softmax(model(torch.from_numpy(img), torch.from_numpy(seq)), 1).numpy()
+    got = sess.run(None, {"image": img, "sequence": seq})[0]
+    assert np.abs(got - ref).max() < 1e-4
+    # the stage's length-trimmed scoring gives the same numbers
+    stage = ModelStage(Config(), sess, contract, batch_size=8)
+    trimmed = stage.predict(img, seq, npk)
+    assert np.abs(trimmed - ref).max() < 1e-4
+    assert stage.stats["ml.batches"] == 5
+
+
+# -- aggregation ----------------------------------------------------------------------------
+
+def test_aggregator_periods():
+    agg = AlertAggregator(60_000_000)
+    key = ("10.0.0.1", "port-scan")
+    out = [agg.offer(key, t * 1_000_000) for t in (0, 1, 2, 59, 60, 61, 200)]
+    assert out == [1, None, None, None, 4, None, 2]
+    assert agg.offer(("10.0.0.2", "port-scan"), 1_000_000) == 1  # other source
+    assert agg.offer((key[0], "flood"), 1_000_000) == 1  # other class
+
+
+class FakeSession:
+    """Stands in for onnxruntime: every window scores `probs`."""
+
+    def __init__(self, probs):
+        self.probs = np.asarray(probs, dtype=np.float32)
+        self.calls = 0
+
+    def run(self, _names, feeds):
+        self.calls += 1
+        return [np.tile(self.probs, (len(feeds["image"]), 1))]
+
+
+def _contract(**kw) -> ModelContract:
+    base = dict(name="netsensor-cnnlstm", version="t1", feature_spec=features.FEATURE_SPEC,
+                classes=("benign", "flood", "port-scan"),
+                thresholds={"flood": 0.9, "port-scan": 0.6}, packets=N, bytes=M, seconds=10.0,
+                meta={})
+    base.update(kw)
+    return ModelContract(**base)
+
+
+def _windows(n_win: int, step_us: int, src_lo: int = 0x0A000001) -> WindowBatch:
+    b = n_win
+    pk = {"ts_us": np.zeros((b, N), np.int64), "size": np.zeros((b, N), np.int32),
+          "to_server": np.zeros((b, N), np.int8), "tcp_flags": np.zeros((b, N), np.uint8),
+          "payload_len": np.zeros((b, N), np.int32), "tcp_win": np.zeros((b, N), np.int32),
+          "ttl": np.zeros((b, N), np.uint8), "proto": np.full((b, N), 6, np.uint8)}
+    start = 1_700_000_000_000_000 + np.arange(b, dtype=np.int64) * step_us
+    pk["ts_us"][:, 0] = start
+    pk["ts_us"][:, 1] = start + 100
+    data = np.zeros((b, N, M), np.uint8)
+    data[:, :2, 0] = 0x45
+    flow = {k: np.zeros(b, np.int64) for k in FLOW_FIELDS}
+    flow["flow_id"] = np.arange(1, b + 1)
+    flow["ipver"][:] = 4
+    flow["proto"][:] = 6
+    flow["cli_lo"][:] = src_lo
+    flow["srv_lo"][:] = 0x0A000002
+    flow["cli_port"][:] = 40000 + np.arange(b)
+    flow["srv_port"][:] = np.arange(b) + 1
+    return WindowBatch(np.full(b, 2), start, start + 100, np.zeros(b, np.int64), pk, data, flow)
+
+
+def test_stage_aggregates_a_scan():
+    """10,000 scan windows over 150 s from one source: 3 alerts, the rest counted."""
+    cfg = dataclasses.replace(Config(), model=ModelConfig(aggregate_seconds=60.0))
+    sess = FakeSession([0.1, 0.1, 0.8])
+    stage = ModelStage(cfg, sess, _contract(), batch_size=4096)
+    wb = _windows(10_000, 15_000)  # one window every 15 ms: 150 s
+    stage.collected.append(wb)
+    lines = stage._score(None)
+    assert len(lines) == 3
+    evs = [json.loads(x) for x in lines]
+    counts = [int(e["alert"]["metadata"]["window_count"][0]) for e in evs]
+    assert sum(counts) == 1 + 4000 + 4000  # alerts at 0 s, 60 s, 120 s; the tail is pending
+    assert counts[0] == 1
+    c = stage.counters()
+    assert c["ml.windows_scored"] == 10_000 and c["ml.alerts"] == 3
+    assert c["ml.alerts_aggregated"] == 9_997 and c["ml.windows_over_threshold"] == 10_000
+    assert sess.calls == 3  # scored in batches, not per window
+    e = evs[0]
+    assert e["event_type"] == "alert" and e["src_ip"] == "10.0.0.1"
+    assert e["dest_ip"] == "10.0.0.2" and e["proto"] == "TCP" and e["pkt_src"] == "wire/pcap"
+    a = e["alert"]
+    assert a["gid"] == 9000 and a["signature_id"] == 9000001  # port-scan
+    assert a["signature"] == "NETSENSOR ML port-scan pattern" and a["rev"] == 1
+    assert all(isinstance(v, list) and all(isinstance(s, str) for s in v)
+               for v in a["metadata"].values())
+    assert a["metadata"]["score"] == ["0.800"] and a["metadata"]["class"] == ["port-scan"]
+    assert e["community_id"].startswith("1:")
+    assert e["timestamp"].endswith("+0000")
+
+
+def test_below_threshold_no_alert():
+    stage = ModelStage(Config(), FakeSession([0.05, 0.85, 0.10]), _contract())
+    stage.collected.append(_windows(50, 1000))
+    assert stage._score(None) == []  # flood 0.85 < 0.9
+    assert stage.counters()["ml.windows_over_threshold"] == 0
+
+
+# -- the shipped model on the sample --------------------------------------------------------
+
+def test_shipped_model_scores_the_sample(tmp_path):
+    sess, contract = load_model(DEFAULT_MODEL, window=WindowConfig())
+    assert DEFAULT_MODEL.stat().st_size < 1_000_000
+    assert contract.feature_spec == features.FEATURE_SPEC
+    cfg = dataclasses.replace(Config(), model=ModelConfig(enabled=True))
+    stage = build_model_stage(cfg)
+    sink = EveFileSink(str(tmp_path / "eve.json"))
+    pipe = Pipeline(cfg, sink, [stage])
+    for b in PcapSource(str(SAMPLE)).batches():
+        pipe.process(b)
+    pipe.finish()
+    sink.close()
+    evs = [json.loads(x) for x in (tmp_path / "eve.json").read_text().splitlines()]
+    c = pipe.all_counters()
+    assert c["ml.windows_scored"] > 100
+    flows = [e for e in evs if e["event_type"] == "flow"]
+    alerts = [e for e in evs if e["event_type"] == "alert"]
+    scored = [e for e in flows if "metadata" in e]
+    assert len(scored) > 0.9 * len(flows)
+    for e in scored:
+        fv = {d["key"]: d["value"] for d in e["metadata"]["flowvars"]}
+        assert fv["ml_class"] in contract.classes
+        assert 0 <= float(fv["ml_score"]) <= 1
+        assert set(e["metadata"]["flowints"]) == {"ml_score_permille", "ml_windows"}
+        assert set(e["flow"]) <= {"pkts_toserver", "pkts_toclient", "bytes_toserver",
+                                  "bytes_toclient", "start", "end", "age", "state", "reason",
+                                  "alerted", "emergency"}
+    assert alerts, "the shipped model should flag the sample's attacks"
+    assert {a["src_ip"] for a in alerts} <= {"10.77.0.66", "10.77.0.67"}
+    alerted_ids = {a["flow_id"] for a in alerts}
+    assert all(f["flow"]["alerted"] for f in flows if f["flow_id"] in alerted_ids)
+    assert c["ml.alerts"] == len(alerts)
+    if SCHEMA.exists():
+        jsonschema = pytest.importorskip("jsonschema")
+        v = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+        for e in alerts + flows[:200]:
+            errs = list(v.iter_errors(e))
+            assert not errs, (e, errs[0].message)
