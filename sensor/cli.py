@@ -1,4 +1,4 @@
-"""Command line: netsensor replay | check-rules | version.
+"""Command line: netsensor replay | run | ctl | check-rules | train | version.
 
 User mistakes (missing files, bad config, damaged captures) end in one line on stderr that
 names the file and what is wrong, never a traceback. Exit status: 0 all input read and
@@ -21,6 +21,7 @@ from .config import Config, ConfigError, load_config
 from .decode import SUPPORTED_LINKTYPES
 from .output.sinks import EveFileSink, SinkError
 from .pipeline import Pipeline
+from .stages import StageError, build_stages
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
 
@@ -84,7 +85,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _err(str(exc))
         return EXIT_USAGE
-    stages = []
+    try:
+        stages = build_stages(cfg)
+    except StageError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
     try:
         sink = EveFileSink(os.path.join(args.logdir, cfg.outputs.eve.filename)) \
             if cfg.outputs.eve.enabled else None
@@ -160,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-c", "--config", help="YAML config (built-in defaults otherwise)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     r.set_defaults(fn=cmd_replay)
+    from .ctl import add_ctl_parser
+    from .daemon import add_run_parser
+    from .train import add_train_parser
+
+    add_run_parser(sub)
+    add_ctl_parser(sub)
+    add_train_parser(sub)
     c = sub.add_parser("check-rules", help="validate Suricata rule files")
     c.add_argument("files", nargs="+", metavar="FILE")
     c.set_defaults(fn=cmd_check_rules)

@@ -49,6 +49,7 @@ PROTO_UDP = 17
 PROTO_ICMPV6 = 58
 PROTO_ESP = 50
 PROTO_SCTP = 132
+TUNNEL_IP_PROTOS = (4, 41, 47)  # IPv4-in-IP, IPv6-in-IP, GRE: see sensor.tunnel
 FLOW_PROTOS = (PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6, PROTO_ESP, PROTO_SCTP)
 # IPv6 extension headers walked to reach the upper-layer protocol
 IPV6_EXT_GENERIC = (0, 43, 60, 135, 139, 140, 253, 254)
@@ -122,6 +123,7 @@ class DecodedBatch:
     vlan1: np.ndarray
     fragment: np.ndarray  # frames holding an IP fragment: for sensor.defrag
     counters: dict[str, int] = field(default_factory=dict)
+    depth: int = 0  # tunnel depth of the batch: part of the flow key, as in Suricata
 
 
 class _Reader:
@@ -395,9 +397,11 @@ def decode_batch(batch: PacketBatch) -> DecodedBatch:
 
     ok &= ~fragment
     # Suricata tracks flows only for these; other IP protocols are counted, not tracked
-    other_proto = ok & ~np.isin(proto, FLOW_PROTOS)
+    # (tunnels, IP-in-IP and GRE, are opened by sensor.tunnel and counted there)
+    other_proto = ok & ~np.isin(proto, FLOW_PROTOS + TUNNEL_IP_PROTOS)
+    # Suricata also opens a flow (no ports) for an IPv4 packet carrying IPv6 (6in4)
+    ok &= np.isin(proto, FLOW_PROTOS) | ((ipver == 4) & (proto == 41))
     _count(counters, "decoder.other_ip_proto", other_proto)
-    ok &= ~other_proto
     out = _decode_l4(r, counters, ok, ipver, l3, iplen, proto, l4)
     return DecodedBatch(
         n=n, ok=out["ok"], ipver=ipver, l3=l3, iplen=iplen, proto=proto,
@@ -407,7 +411,7 @@ def decode_batch(batch: PacketBatch) -> DecodedBatch:
         tcp_win=out["tcp_win"], icmp_type=out["icmp_type"], icmp_code=out["icmp_code"],
         icmp_id=out["icmp_id"], icmp_seq=out["icmp_seq"], ttl=ttl, ip_id=ip_id, tos=tos,
         frag_bits=frag_bits, frag_off=frag_off, vlan0=vlan0, vlan1=vlan1, fragment=fragment,
-        counters=counters,
+        counters=counters, depth=batch.tunnel_depth,
     )
 
 

@@ -251,6 +251,8 @@ class FlowTable:
         h = np.full(len(idx), self.seed, dtype=np.uint64)
         packed = (proto.astype(np.uint64) << np.uint64(32)) | (
             d.vlan0[idx].astype(np.uint64) << np.uint64(16)) | d.vlan1[idx].astype(np.uint64)
+        if d.depth:  # an inner (tunnelled) flow never merges with an outer one
+            packed |= np.uint64(d.depth) << np.uint64(40)
         for v in (packed, ah, al, bh, bl,
                   (ap.astype(np.uint64) << np.uint64(16)) | bp.astype(np.uint64)):
             h = _mix(h, v)
@@ -386,7 +388,9 @@ class FlowTable:
         # flow state after the batch
         last_bits = tcp_bits[seg_last]
         seg_tcp = is_tcp[seg_first]
-        closed = seg_tcp & (((last_bits & T_RST) != 0) | (
+        # Suricata tracks a TCP session only from a client SYN (midstream pickup is off by
+        # default): a flow picked up midstream stays "new" even when it sees FIN or RST
+        closed = seg_tcp & ((last_bits & T_SYN) != 0) & (((last_bits & T_RST) != 0) | (
             (last_bits & (T_FIN_C | T_FIN_S)) == (T_FIN_C | T_FIN_S)))
         est = np.where(seg_tcp, (last_bits & T_EST) != 0, both[seg_last])
         state = np.where(closed, STATE_CLOSED, np.where(est, STATE_ESTABLISHED, STATE_NEW))

@@ -21,6 +21,7 @@ from .defrag import Defragmenter
 from .flow import EndedFlows, FlowTable, FlowUpdate
 from .output.eve import flow_events, stats_event
 from .output.sinks import EveFileSink
+from .tunnel import Decapsulator
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Pipeline:
         self.next_stats_us: int | None = None
         self.wall_start = time.monotonic()
         self.defrag = Defragmenter()
+        self.tunnels = Decapsulator()
         self.max_pkt_size = 0
 
     # -- public ------------------------------------------------------------------------------
@@ -97,6 +99,7 @@ class Pipeline:
         out: Counter[str] = Counter(self.counters)
         out.update(self.flows.counters)
         out.update(self.defrag.counters)
+        out.update(self.tunnels.counters)
         if out["decoder.pkts"]:
             out["decoder.avg_pkt_size"] = out["decoder.bytes"] // out["decoder.pkts"]
             out["decoder.max_pkt_size"] = self.max_pkt_size
@@ -112,12 +115,7 @@ class Pipeline:
         if self.first_ts is None:
             self.first_ts = int(ts[0])
             self.next_stats_us = self.first_ts + self.stats_interval_us
-        d = self._run(batch)
-        if d.fragment.any():
-            # reassembled datagrams follow the batch that completed them
-            rebuilt = self.defrag.add(batch, d)
-            if rebuilt is not None:
-                self._run(rebuilt)
+        self._ingest(batch)
         self.now_us = max(self.now_us, int(ts.max()))
         self._write_ended(self.flows.expire(self.now_us))
         if self.stats_interval_us and self.next_stats_us is not None and \
@@ -126,6 +124,17 @@ class Pipeline:
             self.next_stats_us = self.now_us + self.stats_interval_us
         if self.sink is not None:
             self.sink.flush()
+
+    def _ingest(self, batch: PacketBatch) -> None:
+        """Run a batch, then the packets the sensor builds from it, right after it."""
+        d = self._run(batch)
+        if d.fragment.any():
+            # reassembled datagrams follow the batch that completed them
+            rebuilt = self.defrag.add(batch, d)
+            if rebuilt is not None:
+                self._ingest(rebuilt)
+        for inner in self.tunnels.decapsulate(batch, d):
+            self._ingest(inner)
 
     def _run(self, batch: PacketBatch) -> DecodedBatch:
         d = decode_batch(batch)

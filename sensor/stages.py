@@ -23,6 +23,14 @@ def build_stages(cfg: Config) -> list[Stage]:
     stages: list[Stage] = []
     if cfg.rules.files:
         _check_rules(cfg)
+    from .detect.model import ModelError, build_model_stage
+
+    try:
+        model = build_model_stage(cfg)
+    except ModelError as exc:
+        raise StageError(str(exc)) from None
+    if model is not None:
+        stages.append(model)
     return stages
 
 

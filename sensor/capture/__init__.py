@@ -7,6 +7,7 @@ so a pcap chunk read from disk is used in place, without copying frame by frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -52,6 +53,8 @@ class PacketBatch:
     first_cnt: int
     iface: np.ndarray | None = None
     pkt_src: str = "wire/pcap"  # EVE pkt_src; "defrag" for reassembled datagrams
+    tunnel_depth: int = 0  # 0 for captured frames; n for packets inside n tunnels
+    parents: Any = None  # sensor.tunnel.TunnelParents of inner packets
 
     def __len__(self) -> int:
         return len(self.offset)

@@ -24,7 +24,7 @@ from ..flow import STATE_NAMES, EndedFlows
 from .stats_keys import STATS_KEYS
 
 PROTO_NAMES = {1: "ICMP", 2: "IGMP", 6: "TCP", 17: "UDP", 47: "GRE", 50: "ESP", 51: "AH",
-               58: "IPv6-ICMP", 132: "SCTP", 41: "IPV6", 4: "IPIP", 103: "PIM", 112: "VRRP"}
+               58: "IPv6-ICMP", 132: "SCTP", 41: "IPv6", 4: "IP-ENCAP", 103: "PIM", 112: "VRRP"}
 PORT_PROTOS = (6, 17, 132)
 ICMP_PROTOS = (1, 58)
 
