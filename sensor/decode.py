@@ -41,6 +41,10 @@ ETH_IPV4 = 0x0800
 ETH_IPV6 = 0x86DD
 ETH_ARP = 0x0806
 VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+ETH_PPPOE_SESSION = 0x8864
+PPP_IPV4, PPP_IPV6 = 0x0021, 0x0057
+ETH_MPLS = (0x8847, 0x8848)
+MAX_MPLS_LABELS = 8
 MAX_VLAN_LAYERS = 2  # Suricata's flow key holds two VLAN ids
 
 PROTO_ICMP = 1
@@ -261,6 +265,43 @@ def decode_batch(batch: PacketBatch) -> DecodedBatch:
             _count(counters, "decoder.vlan_qinq", m)
         etype[m] = r.u16(l3[m] + 2)
         l3[m] += 4
+
+    # PPPoE sessions and MPLS label stacks are stripped inline, as Suricata's decoder does
+    pppoe = link_ok & (etype == ETH_PPPOE_SESSION)
+    if pppoe.any():
+        _count(counters, "decoder.pppoe", pppoe)
+        short = pppoe & (l3 + 8 > end)
+        _invalid(counters, "decoder.event.pppoe.pkt_too_small", short)
+        link_ok &= ~short
+        m = pppoe & ~short
+        ppp = r.u16(l3[m] + 6)
+        etype[m] = np.where(ppp == PPP_IPV4, ETH_IPV4, np.where(ppp == PPP_IPV6, ETH_IPV6, 0))
+        l3[m] += 8
+    mpls = link_ok & np.isin(etype, ETH_MPLS)
+    if mpls.any():
+        _count(counters, "decoder.mpls", mpls)
+    for _ in range(MAX_MPLS_LABELS):
+        if not mpls.any():
+            break
+        short = mpls & (l3 + 5 > end)
+        _invalid(counters, "decoder.event.mpls.header_too_small", short)
+        link_ok &= ~short
+        m = mpls & ~short
+        word = r.u32(l3[m])
+        l3[m] += 4
+        bottom = ((word >> 8) & 1) == 1
+        label = word >> 12
+        # explicit-null labels name the payload; otherwise the IP version nibble does
+        nib = r.u8(l3[m]) >> 4
+        guess = np.where(label == 0, ETH_IPV4, np.where(label == 2, ETH_IPV6, np.where(
+            nib == 4, ETH_IPV4, np.where(nib == 6, ETH_IPV6, 0))))
+        rows = np.flatnonzero(m)
+        etype[rows[bottom]] = guess[bottom]
+        mpls = np.zeros(n, dtype=bool)
+        mpls[rows[~bottom]] = True
+    else:
+        _invalid(counters, "decoder.event.mpls.too_many_labels", mpls)
+        link_ok &= ~mpls
 
     _count(counters, "decoder.arp", link_ok & (etype == ETH_ARP))
     other = link_ok & (etype != ETH_IPV4) & (etype != ETH_IPV6) & (etype != ETH_ARP)

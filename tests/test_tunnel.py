@@ -1,4 +1,4 @@
-"""Tunnel decapsulation against real Suricata's flow events on the same capture."""
+"""Tunnels and encapsulations against real Suricata's flow events on the same capture."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _replay() -> tuple[list[dict], Pipeline]:
 def _flow_key(e: dict) -> tuple:
     f = e["flow"]
     return (e["proto"], e["src_ip"], e.get("src_port"), e["dest_ip"], e.get("dest_port"),
-            e.get("vlan"), f["pkts_toserver"], f["pkts_toclient"], f["bytes_toserver"],
+            str(e.get("vlan")), f["pkts_toserver"], f["pkts_toclient"], f["bytes_toserver"],
             f["bytes_toclient"])
 
 
@@ -70,6 +70,8 @@ def test_counters_name_each_decoder() -> None:
     assert c["decoder.teredo"] == 1
     assert c["decoder.ipv4_in_ipv6"] == 1
     assert c["decoder.ipv6_in_ipv6"] == 1
+    assert c["decoder.pppoe"] == 3
+    assert c["decoder.mpls"] == 3
 
 
 def test_inner_batches_carry_the_outer_packet_for_eve() -> None:

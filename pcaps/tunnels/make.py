@@ -1,4 +1,4 @@
-"""Build pcaps/tunnels/tunnels.pcap: one short exchange in each tunnel Suricata decodes.
+"""Build pcaps/tunnels/tunnels.pcap: packets in each tunnel and encapsulation Suricata decodes.
 
 Run: .venv/bin/python pcaps/tunnels/make.py  (scapy builds the frames; deterministic)
 Then pcaps/tunnels/make-suricata-reference.sh records real Suricata's flow events for it.
@@ -6,8 +6,9 @@ Then pcaps/tunnels/make-suricata-reference.sh records real Suricata's flow event
 
 from pathlib import Path
 
-from scapy.all import GRE, ICMP, IP, TCP, UDP, Dot1Q, Ether, IPv6, Raw, wrpcap  # noqa: I001
+from scapy.all import GRE, ICMP, IP, PPP, TCP, UDP, Dot1Q, Ether, IPv6, PPPoE, Raw, wrpcap
 from scapy.contrib.geneve import GENEVE
+from scapy.contrib.mpls import MPLS
 from scapy.layers.vxlan import VXLAN
 
 OUT = Path(__file__).with_name("tunnels.pcap")
@@ -74,6 +75,20 @@ def pkts():
         / IPv6(src="2001:db8:2::1", dst="2001:db8:2::2") / UDP(sport=7, dport=8))
     add(Ether(**E) / IP(src=OUTER_A, dst=OUTER_B) / UDP(sport=12, dport=6081)
         / GENEVE(proto=0x0800) / IP(src="10.9.0.1", dst="10.9.0.2") / UDP(sport=13, dport=14))
+    # PPPoE sessions and MPLS label stacks (decoded inline: same packet, no pseudo packet)
+    back = dict(src=E["dst"], dst=E["src"])
+    add(Ether(**E) / PPPoE(sessionid=1) / PPP(proto=0x0021) / IP(src="10.10.0.1", dst="10.10.0.2")
+        / TCP(sport=1, dport=80, flags="S"))
+    add(Ether(**back) / PPPoE(sessionid=1) / PPP(proto=0x0021)
+        / IP(src="10.10.0.2", dst="10.10.0.1") / TCP(sport=80, dport=1, flags="SA"))
+    add(Ether(**E) / PPPoE(sessionid=1) / PPP(proto=0x0057)
+        / IPv6(src="2001:db8:3::1", dst="2001:db8:3::2") / UDP(sport=5, dport=6))
+    add(Ether(**E) / MPLS(label=100, s=0) / MPLS(label=200, s=1)
+        / IP(src="10.11.0.1", dst="10.11.0.2") / UDP(sport=7, dport=8) / Raw(b"x" * 5))
+    add(Ether(**E) / MPLS(label=2, s=1) / IPv6(src="2001:db8:4::5", dst="2001:db8:4::6")
+        / UDP(sport=9, dport=10))
+    add(Ether(**E) / Dot1Q(vlan=7) / MPLS(label=300, s=1) / IP(src="10.12.0.1", dst="10.12.0.2")
+        / ICMP())
     return frames
 
 
