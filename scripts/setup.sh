@@ -7,6 +7,8 @@ pkgs=(python3 python3-venv python3-pip)
 if [ "${WITH_TEST:-0}" = 1 ]; then
   # real peers for the tests: namespaces + veth (iproute2), capture (tcpdump), traffic tools
   pkgs+=(iproute2 tcpdump redis-server rsyslog curl nmap hping3 logrotate systemd)
+  # traffic lab's short CI run (tests/test_lab.py): nginx + dnsmasq in a namespace, dig, ping
+  pkgs+=(nginx dnsmasq dnsutils iputils-ping ethtool)
 fi
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -18,7 +20,9 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if [ "${WITH_TEST:-0}" = 1 ]; then
-  .venv/bin/pip install -q -e '.[dev]'
+  # train: torch (a CPU build: pip takes torch==2.13.0 from this machine's disk), onnx,
+  # matplotlib - the model tests export real ONNX models from PyTorch
+  .venv/bin/pip install -q -e '.[dev,train]'
 else
   .venv/bin/pip install -q -e .
 fi

@@ -1,4 +1,4 @@
-"""Command line: netsensor replay | run | ctl | check-rules | train | version.
+"""Command line: netsensor replay | run | ctl | check-rules | train | eval | version.
 
 User mistakes (missing files, bad config, damaged captures) end in one line on stderr that
 names the file and what is wrong, never a traceback. Exit status: 0 all input read and
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -79,6 +80,33 @@ def _sources(paths: list[str], cfg: Config, errors: list[str],
         first_cnt = src.next_cnt
 
 
+class _ReplaySignals:
+    """SIGTERM/SIGINT stop replay between batches, SIGHUP reopens eve.json there.
+
+    Acting between batches, never inside one, is what keeps every event whole: the flows
+    still live are then logged by finish() as on a normal end. A second SIGTERM/SIGINT
+    stops at once (KeyboardInterrupt), for a replay stuck on a silent stdin.
+    """
+
+    def __init__(self) -> None:
+        self.stop = ""
+        self.hup = False
+        self._old = {sig: signal.signal(sig, self._handle)
+                     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self.hup = True
+        elif self.stop:
+            raise KeyboardInterrupt
+        else:
+            self.stop = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
@@ -86,12 +114,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_USAGE
     try:
-        stages = build_stages(cfg)
+        stages = build_stages(cfg, strict=False)
     except StageError as exc:
         _err(str(exc))
         return EXIT_USAGE
     try:
-        sink = EveFileSink(os.path.join(args.logdir, cfg.outputs.eve.filename)) \
+        sink_cls = EveFileSink
+        if cfg.replay.eve_process:
+            from .output.eve_worker import WorkerEveSink as sink_cls  # noqa: N813
+        sink = sink_cls(os.path.join(args.logdir, cfg.outputs.eve.filename),
+                        cfg.outputs.eve.max_pending_bytes) \
             if cfg.outputs.eve.enabled else None
     except SinkError as exc:
         _err(str(exc))
@@ -104,10 +136,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     errors: list[str] = []
     start = time.monotonic()
     packets = 0
+    signals = _ReplaySignals()
     try:
         for batch in _sources(args.files, cfg, errors, progress):
             pipe.process(batch)
             packets += len(batch)
+            if signals.hup and sink is not None:
+                signals.hup = False
+                sink.reopen()
+            if signals.stop:
+                break
         pipe.finish()
     except SinkError as exc:
         progress.close()
@@ -119,8 +157,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _err("interrupted; flows so far were logged")
         return EXIT_INPUT
     finally:
+        signals.restore()
         if sink is not None:
-            sink.close()
+            try:
+                sink.close()
+            except SinkError as exc:  # the last events could not be written either
+                _err(f"{exc}; {sink.dropped} event(s) were not written")
+                errors.append(str(exc))
+    if signals.stop:
+        progress.close()
+        _err(f"stopped by {signals.stop}; flows so far were logged")
+        return EXIT_INPUT
     progress.close()
     secs = time.monotonic() - start
     for e in errors:
@@ -156,7 +203,9 @@ def cmd_check_rules(args: argparse.Namespace) -> int:
     return check_rules_main(args.files)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(replay_only: bool = False) -> argparse.ArgumentParser:
+    """All subcommands; `replay_only` skips importing the others' modules (replay start-up
+    time counts in every benchmark, and `run`/`train`/`eval` pull in much more)."""
     p = argparse.ArgumentParser(prog="netsensor", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("replay", help="replay pcap/pcapng files (or - for stdin) to EVE JSON")
@@ -165,13 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-c", "--config", help="YAML config (built-in defaults otherwise)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     r.set_defaults(fn=cmd_replay)
+    if replay_only:
+        return p
     from .ctl import add_ctl_parser
     from .daemon import add_run_parser
+    from .eval import add_eval_parser
+    from .learn import add_learn_parser
     from .train import add_train_parser
 
     add_run_parser(sub)
     add_ctl_parser(sub)
     add_train_parser(sub)
+    add_learn_parser(sub)
+    add_eval_parser(sub)
     c = sub.add_parser("check-rules", help="validate Suricata rule files")
     c.add_argument("files", nargs="+", metavar="FILE")
     c.set_defaults(fn=cmd_check_rules)
@@ -181,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(replay_only=words[:1] == ["replay"]).parse_args(argv)
     try:
         return int(args.fn(args))
     except BrokenPipeError:

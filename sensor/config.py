@@ -8,6 +8,8 @@ a sensor's config must not silently fall back to a default.
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -53,6 +55,16 @@ class FlowConfig:
 
 
 @dataclass(frozen=True)
+class DefragLimits:
+    """IP reassembly bounds, so a fragment flood cannot grow memory (sensor.defrag)."""
+
+    max_trackers: int = 65536  # datagrams being reassembled at once
+    max_fragments: int = 256  # fragments kept per datagram
+    max_bytes: int = 33554432  # payload bytes held by all trackers (Suricata's memcap)
+    timeout: int = 60  # seconds of packet time a datagram may take to complete
+
+
+@dataclass(frozen=True)
 class WindowConfig:
     """Per-flow windows for the model: close after `seconds`, `packets`, or at flow end."""
 
@@ -71,7 +83,12 @@ class ModelConfig:
     path: str = ""  # ONNX file; "" = the shipped models/netsensor-cnnlstm.onnx
     threads: int = 1  # onnxruntime intra-op threads
     aggregate_seconds: float = 60.0  # one alert per (source, class) per this many seconds
+    # windows over threshold from one (source, class) within a period before its first alert
+    min_windows: int = 2
     batch_size: int = 512  # most windows per onnxruntime call (sorted by length)
+    # site baselines (`netsensor learn` ONNX files) scored on the same windows
+    baselines: tuple[str, ...] = ()
+    explain: bool = True  # occlusion explanation in each model alert's metadata
 
 
 @dataclass(frozen=True)
@@ -82,6 +99,9 @@ class EveConfig:
     types: tuple[str, ...] = ("alert", "flow", "stats")
     community_id: bool = True
     community_id_seed: int = 0
+    # bytes of events held in memory while the file cannot be written (disk full); more
+    # are dropped and counted (capture.output.file.dropped)
+    max_pending_bytes: int = 67108864
 
 
 @dataclass(frozen=True)
@@ -103,7 +123,7 @@ class UnixSocketOutput:
 class SyslogOutput:
     enabled: bool = False
     address: str = "/dev/log"  # a unix datagram socket path, or udp://HOST:PORT
-    format: str = "rfc5424"  # or rfc3164
+    format: str = "rfc3164"  # what /dev/log listeners parse; rfc5424 for network receivers
     facility: str = "local5"
     level: str = "info"
     ident: str = "netsensor"
@@ -145,12 +165,16 @@ class LiveConfig:
     batch_ms: float = 100.0
     fanout_group: int = 0  # 0: derived from the process id
     control_socket: str = ""  # default $RUNTIME_DIRECTORY/ctl.sock or /run/netsensor/ctl.sock
+    user: str = ""  # started as root: run as this user once capturing ("": netsensor or nobody)
 
 
 @dataclass(frozen=True)
 class ReplayConfig:
     batch_size: int = 65536
     progress: bool = True
+    # format and write EVE in a second process (sensor.output.eve_worker): the same output,
+    # ~30% less CPU in the replay process, worth it where a core is free (docs/performance.md)
+    eve_process: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,6 +182,13 @@ class RulesConfig:
     files: tuple[str, ...] = ()
     classification_file: str = ""
     threshold_file: str = ""
+    # Suricata's stream.midstream and stream.midstream-policy (see docs/rules.md)
+    midstream: bool = False
+    midstream_policy: str = "ignore"  # ignore, auto, pass-flow, bypass, drop-flow, ...
+    async_oneside: bool = False  # Suricata's stream.async-oneside
+    # false: payload rules see each TCP segment alone, never reassembled stream data
+    stream_inspection: bool = True
+    packet_alert_max: int = 15  # Suricata's packet-alert-max
 
 
 @dataclass(frozen=True)
@@ -169,6 +200,7 @@ class VarsConfig:
 @dataclass(frozen=True)
 class Config:
     flow: FlowConfig = FlowConfig()
+    defrag: DefragLimits = DefragLimits()
     windows: WindowConfig = WindowConfig()
     model: ModelConfig = ModelConfig()
     outputs: OutputsConfig = OutputsConfig()
@@ -178,12 +210,20 @@ class Config:
     live: LiveConfig = LiveConfig()
 
 
+def refuse_world_writable(path: str, what: str) -> str:
+    """The message for a file any local user could have rewritten (config, rules)."""
+    return (f"{path}: refusing a world-writable {what} file: any local user could change "
+            f"what the sensor does (fix: chmod o-w {path})")
+
+
 def load_config(path: str | None) -> Config:
     """Defaults, overridden by the YAML file at `path` when given."""
     if path is None:
         return Config()
     try:
         with open(path, encoding="utf-8") as f:
+            if os.fstat(f.fileno()).st_mode & stat.S_IWOTH:
+                raise ConfigError(refuse_world_writable(path, "config"))
             doc = yaml.safe_load(f)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
@@ -196,7 +236,27 @@ def load_config(path: str | None) -> Config:
         raise ConfigError(f"{path}: {where}: {problem}") from None
     if doc is None:
         return Config()
-    return build(Config, doc, path, "")
+    cfg = build(Config, doc, path, "")
+    _check_minimums(cfg, path)
+    return cfg
+
+
+# Values that must be at least this much: 0 would stop replay with a traceback (an empty
+# flow table, batches of no packets) instead of meaning "off"
+MINIMUMS: dict[str, float] = {
+    "flow.max_flows": 1, "replay.batch_size": 1, "windows.seconds": 1e-6,
+    "windows.packets": 1, "windows.bytes": 1, "windows.max_pending": 1,
+}
+
+
+def _check_minimums(cfg: Config, path: str) -> None:
+    for dotted, least in MINIMUMS.items():
+        value: Any = cfg
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        if value < least:
+            what = "positive" if least < 1 else f"at least {least}"
+            raise ConfigError(f"{path}: '{dotted}' must be {what}, not {value!r}")
 
 
 def build(cls: type, doc: Any, path: str, prefix: str, base: Any = None) -> Any:
@@ -208,13 +268,15 @@ def build(cls: type, doc: Any, path: str, prefix: str, base: Any = None) -> Any:
     if base is None:
         base = cls()
     if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: '{prefix or '(top)'}' must be a mapping")
+        raise ConfigError(f"{path}: '{prefix.rstrip('.') or '(top)'}' must be a mapping")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for key, value in doc.items():
         name = str(key).replace("-", "_")
         dotted = f"{prefix}{key}"
+        if not dotted.isprintable():  # keep every message on one line
+            dotted = dotted.encode("unicode_escape").decode("ascii")
         if name not in names:
             raise ConfigError(f"{path}: unknown key '{dotted}'")
         values[name] = _convert(hints[name], value, path, dotted, getattr(base, name))
@@ -234,7 +296,15 @@ def _convert(tp: Any, value: Any, path: str, key: str, default: Any = None) -> A
             raise ConfigError(f"{path}: '{key}' must be a mapping")
         return {str(k): str(v) for k, v in value.items()}
     if origin in (types.UnionType, typing.Union):
-        return value
+        # the first member type that takes the value (`workers: 4` or `workers: auto`)
+        members = typing.get_args(tp)
+        for member in members:
+            try:
+                return _convert(member, value, path, key, default)
+            except ConfigError:
+                continue
+        names = " or ".join(getattr(m, "__name__", str(m)) for m in members)
+        raise ConfigError(f"{path}: '{key}' must be {names}, not {value!r}")
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: '{key}' must be true or false, not {value!r}")

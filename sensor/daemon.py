@@ -6,6 +6,9 @@ reopen never splits a line), the stats events that sum the workers, systemd's no
 protocol, signals and the control socket. Workers capture and run the pipeline
 (sensor.worker).
 
+Least privilege (sensor.privileges): each worker gives up root and every capability right
+after opening its capture socket, the supervisor right after forking the workers.
+
 Signals: SIGHUP reopens output files; SIGUSR2 (or `netsensor ctl reload`) reloads rules
 and model, all workers or none; SIGTERM/SIGINT end every live flow as a `flow` event
 (reason "shutdown") and exit 0.
@@ -38,6 +41,15 @@ from .output.sinks import (
     SyslogSink,
     UnixDgramSink,
     UnixStreamSink,
+)
+from .privileges import (
+    PrivilegeError,
+    Target,
+    describe,
+    drop,
+    hand_over,
+    preload,
+    resolve_target,
 )
 from .sdnotify import Notifier
 from .worker import run_worker
@@ -72,7 +84,8 @@ def build_outputs(cfg: Config, logdir: str) -> MultiSink:
     o = cfg.outputs
     sinks: list[EveFileSink | QueuedSink] = []
     if o.eve.enabled:
-        sinks.append(EveFileSink(os.path.join(logdir, o.eve.filename)))
+        sinks.append(EveFileSink(os.path.join(logdir, o.eve.filename),
+                                 o.eve.max_pending_bytes))
     for name, cls in (("unix_stream", UnixStreamSink), ("unix_dgram", UnixDgramSink)):
         sc = getattr(o, name)
         if sc.enabled:
@@ -136,8 +149,10 @@ class _PendingReload:
 
 class Supervisor:
     def __init__(self, cfg: Config, config_path: str | None, iface: str, logdir: str,
-                 workers: int, ctl_path: str, live_overrides: dict[str, Any] | None = None):
+                 workers: int, ctl_path: str, live_overrides: dict[str, Any] | None = None,
+                 target: Target | None = None):
         self.cfg = cfg
+        self.target = target
         self.live_overrides = live_overrides or {}
         self.config_path = config_path
         self.iface = iface
@@ -160,12 +175,16 @@ class Supervisor:
 
     # lifecycle
     def run(self) -> int:
+        fresh = [d for d in (self.logdir, os.path.dirname(self.ctl_path))
+                 if d and not os.path.exists(d)]
         try:
             self.outputs = build_outputs(self.cfg, self.logdir)
             self.ctl = ControlServer(self.ctl_path)
         except (SinkError, ControlError) as exc:
             raise UsageError(str(exc)) from None
         self._spawn()  # before any thread exists in this process
+        if self.target is not None:
+            self._drop_privileges(fresh)
         self.outputs.start()
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
@@ -184,6 +203,30 @@ class Supervisor:
             wake_w.close()
         return self.exit_code
 
+    def _drop_privileges(self, fresh_dirs: list[str]) -> None:
+        """The workers are forked and every file is open: root and capabilities go.
+
+        What must stay writable for a SIGHUP reopen goes to the target user first: the
+        EVE files, and the log/runtime directories this run created (so a renamed
+        eve.json can be created again). Before outputs.start(): no thread exists yet.
+        """
+        assert self.target is not None and self.outputs is not None
+        files = [s.path for s in self.outputs.sinks if isinstance(s, EveFileSink)]
+        try:
+            hand_over(self.target, [*fresh_dirs, *files, self.ctl_path])
+            preload()  # a reload's config check may need rule code
+            drop(self.target)
+        except PrivilegeError as exc:
+            self.startup_errors.setdefault(str(exc))
+            self.exit_code = EXIT_USAGE
+            return
+        log.info("running as %s", describe())
+        if self.target.uid is not None and self.target.uid != 0 and not _writable(
+                self.logdir, self.target.uid):
+            log.warning("%s is not writable by %s: after a rotation that only renames "
+                        "eve.json, SIGHUP cannot create a new one (logrotate's `create` "
+                        "does)", self.logdir, self.target.name)
+
     def _spawn(self) -> None:
         ctx = multiprocessing.get_context("fork")
         group = (self.cfg.live.fanout_group or os.getpid()) & 0xFFFF
@@ -192,7 +235,8 @@ class Supervisor:
         for i in range(self.nworkers):
             parent_end, child_end = ctx.Pipe(duplex=True)
             proc = ctx.Process(target=run_worker, name=f"netsensor-w{i}", daemon=False,
-                               args=(i, self.iface, self.cfg, fanout, seed, child_end))
+                               args=(i, self.iface, self.cfg, fanout, seed, child_end,
+                                     self.target))
             proc.start()
             child_end.close()
             self.workers[i] = _Worker(i, proc, parent_end, last_seen=time.monotonic())
@@ -480,6 +524,15 @@ class Supervisor:
                 f"{c.get('capture.kernel_drops', 0):,} kernel drops")
 
 
+def _writable(path: str, uid: int) -> bool:
+    """Can `uid` create files in directory `path` (owner or world write bit)?"""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return bool(st.st_mode & 0o002 or (st.st_uid == uid and st.st_mode & 0o200))
+
+
 def _send(w: _Worker, msg: tuple) -> None:
     try:
         w.conn.send(msg)
@@ -528,14 +581,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             overrides["workers"] = _workers_arg(args.workers)
         if args.bpf is not None:
             overrides["bpf"] = args.bpf
+        if args.user is not None:
+            overrides["user"] = args.user
         cfg = dataclasses.replace(cfg, live=dataclasses.replace(cfg.live, **overrides))
         workers = resolve_workers(cfg.live.workers)
         logdir = args.logdir or os.environ.get("LOGS_DIRECTORY", "").split(":")[0] or \
             "/var/log/netsensor"
         ctl_path = args.ctl_socket or cfg.live.control_socket or default_socket_path()
-        sup = Supervisor(cfg, args.config, args.interface, logdir, workers, ctl_path, overrides)
+        target = resolve_target(cfg.live.user)
+        if target.uid is None and cfg.live.user and cfg.live.user != target.name:
+            log.warning("live.user %r applies only when started as root; running as %s",
+                        cfg.live.user, target.name)
+        sup = Supervisor(cfg, args.config, args.interface, logdir, workers, ctl_path, overrides,
+                         target)
         return sup.run()
-    except (ConfigError, UsageError) as exc:
+    except (ConfigError, UsageError, PrivilegeError) as exc:
         print(f"netsensor: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -554,6 +614,8 @@ def add_run_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--bpf", help="capture filter expression (overrides live.bpf)")
     p.add_argument("-S", "--ctl-socket", help="control socket path (default "
                    "$RUNTIME_DIRECTORY/ctl.sock or /run/netsensor/ctl.sock)")
+    p.add_argument("-u", "--user", help="started as root: the user to run as once the capture "
+                   "sockets are open (overrides live.user; default netsensor, else nobody)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(fn=cmd_run)
     return p

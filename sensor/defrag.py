@@ -39,6 +39,7 @@ class DefragConfig:
     max_trackers: int = 65536
     timeout_us: int = 60_000_000
     max_fragments: int = 256
+    max_bytes: int = 32 << 20  # payload bytes held by all trackers (Suricata's defrag.memcap)
 
 
 class Defragmenter:
@@ -48,6 +49,8 @@ class Defragmenter:
         self.cfg = cfg or DefragConfig()
         self.trackers: dict[tuple, _Tracker] = {}
         self.counters: dict[str, int] = {}
+        self.next_expire = 0  # packet time of the next timeout check
+        self.held_bytes = 0  # payload bytes of all trackers, bounded by cfg.max_bytes
 
     def _count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -67,18 +70,24 @@ class Defragmenter:
             done = self._v4(ip, ts, link) if d.ipver[i] == 4 else self._v6(ip, ts, link)
             if done is not None:
                 out.append(done + (ts,))
-        self._expire(int(batch.ts_us[-1]))
+        self.expire(int(batch.ts_us[-1]))
         if not out:
             return None
         return _frames_batch(out)
 
-    def _expire(self, now: int) -> None:
-        if len(self.trackers) < 64 and now % 16:
+    def expire(self, now: int) -> None:
+        """Drop (and count) datagrams still incomplete `timeout_us` after their first
+        fragment; checked at most once per second of packet time."""
+        if now < self.next_expire or not self.trackers:
             return
+        self.next_expire = now + 1_000_000
         stale = [k for k, t in self.trackers.items() if now - t.first_ts > self.cfg.timeout_us]
         for k in stale:
             self._count(f"defrag.ipv{k[0]}.timeouts")
-            del self.trackers[k]
+            self._drop(k)
+
+    def _drop(self, key: tuple) -> None:
+        self.held_bytes -= self.trackers.pop(key).size
 
     def _tracker(self, key: tuple, ts: int) -> _Tracker | None:
         t = self.trackers.get(key)
@@ -138,11 +147,16 @@ class Defragmenter:
         """Add a fragment; return (frame, linktype) once the datagram is complete."""
         if off + len(payload) > MAX_DATAGRAM:
             self._count(f"decoder.event.ipv{ver}.frag_pkt_too_large")
-            del self.trackers[key]
+            self._drop(key)
             return None
         if len(t.parts) >= self.cfg.max_fragments:
             self._count(f"decoder.event.ipv{ver}.frag_ignored")
-            del self.trackers[key]
+            self._drop(key)
+            return None
+        if self.held_bytes + len(payload) > self.cfg.max_bytes:
+            self._count("defrag.max_frag_hits")  # memcap: this fragment is not kept
+            if not t.parts:
+                self._drop(key)
             return None
         if not more:
             t.end = off + len(payload)
@@ -151,6 +165,8 @@ class Defragmenter:
                 self._count(f"decoder.event.ipv{ver}.frag_overlap")
                 break
         t.parts.append((off, payload))
+        t.size += len(payload)
+        self.held_bytes += len(payload)
         if t.end < 0 or not t.header:
             return None
         # complete when the parts cover [0, end) without a hole
@@ -164,7 +180,7 @@ class Defragmenter:
         buf = bytearray(filled)
         for o, p in reversed(t.parts):  # earliest arrival written last: first data wins
             buf[o : o + len(p)] = p
-        del self.trackers[key]
+        self._drop(key)
         self._count(f"defrag.ipv{ver}.reassembled")
         body = bytes(buf[: t.end])
         if ver == 4:

@@ -15,15 +15,18 @@ Feature image ("image", float32 [B, N, M])
       destination addresses (12-19);
     - IPv6: flow label (bytes 1-3; byte 1 also holds the low traffic-class nibble),
       hop limit (7), addresses (8-39);
-    - TCP: ports, sequence and acknowledgement numbers, checksum;
+    - TCP: ports, sequence and acknowledgement numbers, checksum, and the values of the
+      timestamp option (kind 8: TSval/TSecr, 8 bytes), wherever it sits in the options;
       UDP: ports, checksum; ICMP/ICMPv6: checksum.
 
     Why: a CNN learns whatever separates the training classes most cheaply. In a lab the
     attacker is always 10.77.0.66, the victim always listens on the same ports, each OS
     stack has its own TTL and IP-id pattern, and checksums/sequence numbers are functions of
-    exactly those values. Left visible, the model would learn "packets from .66 are
-    attacks" - perfect on the lab's test split and useless (or dangerous: trivially evaded,
-    or alerting on whichever host reuses that address) anywhere else. Masking forces it to
+    exactly those values; TCP timestamps are a per-host clock (plus a per-connection
+    offset) that fingerprints the host and its uptime. Left visible, the model would learn
+    "packets from .66 are attacks" - perfect on the lab's test split and useless (or
+    dangerous: trivially evaded, or alerting on whichever host reuses that address) anywhere
+    else. Masking forces it to
     learn from what the traffic *does*: flag patterns, header lengths and options, payload
     bytes, sizes and timing. (The server port is still visible indirectly through payload
     content; that is behaviour, e.g. an HTTP request line.)
@@ -52,7 +55,7 @@ from __future__ import annotations
 
 import numpy as np
 
-FEATURE_SPEC = "netsensor-features/1"
+FEATURE_SPEC = "netsensor-features/2"  # 2: TCP timestamp option values masked
 
 SEQ_FEATURES = (
     "valid", "to_server", "log_size", "log_iat", "log_t",
@@ -116,6 +119,44 @@ def host_mask(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
     mask |= span(l4, 12, tcp) | span(l4 + 16, 2, tcp)  # ports, seq, ack; checksum
     mask |= span(l4, 4, udp) | span(l4 + 6, 2, udp)  # ports; checksum
     mask |= span(l4 + 2, 2, icmp)  # checksum
+    mask |= _tcp_timestamp_mask(d, l4, tcp & (l4 >= 0))
+    return mask
+
+
+def _tcp_timestamp_mask(d: np.ndarray, l4: np.ndarray, tcp: np.ndarray) -> np.ndarray:
+    """Bool [B, N, M]: the 8 value bytes of every TCP timestamp option inside the first M
+    bytes. Options are walked for all packets at once (at most 40 option bytes, so at most
+    20 steps of vectorised gathers), following kind/length like a TCP stack does."""
+    b, n, m = d.shape
+    mask = np.zeros((b, n, m), dtype=bool)
+    if m <= 20 or not tcp.any():
+        return mask
+    flat = d.reshape(b * n, m)
+    rows = np.flatnonzero(tcp.reshape(-1))
+    start = l4.reshape(-1)[rows]
+    doff_at = start + 12
+    ok = doff_at < m
+    rows, start = rows[ok], start[ok]
+    end = start + ((flat[rows, start + 12] >> 4) * 4)  # end of the TCP header
+    end = np.minimum(end, m)
+    cur = start + 20
+    pos = np.arange(m)[None, :]
+    out = mask.reshape(b * n, m)
+    for _ in range(20):
+        live = cur < end
+        if not live.any():
+            break
+        rows, cur, end = rows[live], cur[live], end[live]
+        kind = flat[rows, cur]
+        more = kind != 0  # end-of-options stops the walk
+        rows, cur, end, kind = rows[more], cur[more], end[more], kind[more]
+        nxt = np.minimum(cur + 1, m - 1)
+        length = np.where(kind == 1, 1, np.maximum(flat[rows, nxt], 2))
+        ts = (kind == 8) & (cur + 1 < m)
+        if ts.any():
+            r, c = rows[ts], cur[ts]
+            out[r] |= (pos >= (c + 2)[:, None]) & (pos < (c + 10)[:, None])
+        cur = cur + length
     return mask
 
 

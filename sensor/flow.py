@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -127,6 +128,7 @@ class FlowTable:
              [e.icmp.new, e.icmp.established, e.icmp.closed]], dtype=np.int64) * 1_000_000
         self.counters: dict[str, int] = {}
         self.emergency = False
+        self.superseded: list[EndedFlows] = []
 
     # -- storage ---------------------------------------------------------------------------
     def add_column(self, name: str, dtype: type, default: object = 0) -> None:
@@ -154,8 +156,11 @@ class FlowTable:
     def _alloc(self, count: int) -> np.ndarray:
         if len(self.free) < count:
             self._grow(self.capacity - len(self.free) + count)
-        got = [self.free.pop() for _ in range(count)]
-        return np.asarray(got, dtype=np.int64)
+        free = self.free
+        keep = len(free) - count
+        got = free[keep:]  # the same slots, in the same order, as count free.pop() calls
+        del free[keep:]
+        return np.asarray(got[::-1], dtype=np.int64)
 
     def _count(self, name: str, value: int) -> None:
         if value:
@@ -174,19 +179,26 @@ class FlowTable:
         pc = self._proto_class(c["proto"][slots])
         return c["last_ts"][slots] + table[pc, c["state"][slots]]
 
-    def _end(self, slots: np.ndarray, reason: str, ts_us: np.ndarray) -> EndedFlows:
+    def _end(self, slots: np.ndarray, reason: str, ts_us: np.ndarray,
+             indexed: bool = True) -> EndedFlows:
         snap = {name: arr[slots].copy() for name, arr in self.cols.items()}
         c = self.cols
         c["active"][slots] = False
-        index = self.index
-        for h in snap["hash"].tolist():
-            del index[h]
+        if indexed:  # superseded instances are not in the index (it points to the newest)
+            index = self.index
+            for h in snap["hash"].tolist():
+                del index[h]
         self.free.extend(slots.tolist())
         st = snap["state"]
         self._count("flow.end.state.new", int(np.count_nonzero(st == STATE_NEW)))
         self._count("flow.end.state.established", int(np.count_nonzero(st == STATE_ESTABLISHED)))
         self._count("flow.end.state.closed", int(np.count_nonzero(st == STATE_CLOSED)))
         return EndedFlows(snap, reason, ts_us, slots.copy())
+
+    def take_superseded(self) -> list[EndedFlows]:
+        """Flows replaced by a reused TCP tuple during the last update, to be logged."""
+        out, self.superseded = self.superseded, []
+        return out
 
     def expire(self, now_us: int) -> list[EndedFlows]:
         """End flows whose timeout passed at `now_us` (packet time)."""
@@ -271,7 +283,7 @@ class FlowTable:
         # existing flows for each key
         index = self.index
         key_hashes = hs[starts].tolist()
-        slot_of_key = np.fromiter((index.get(k, -1) for k in key_hashes), dtype=np.int64,
+        slot_of_key = np.fromiter(map(index.get, key_hashes, repeat(-1)), dtype=np.int64,
                                   count=len(key_hashes))
         c = self.cols
         have = slot_of_key >= 0
@@ -334,7 +346,7 @@ class FlowTable:
             ended += self._make_room(n_new, int(ts.max()))
             # eviction may have removed flows this batch continues: they restart as new
             if ended:
-                still = np.fromiter((index.get(k, -1) for k in hs[seg_first[cont]].tolist()),
+                still = np.fromiter(map(index.get, hs[seg_first[cont]].tolist(), repeat(-1)),
                                     dtype=np.int64, count=int(np.count_nonzero(cont)))
                 if (still < 0).any():
                     lost = np.flatnonzero(cont)[still < 0]
@@ -353,8 +365,7 @@ class FlowTable:
             seg_slot[new_seg] = new_slots
             self._init_flows(new_slots, seg_first[new_seg], pidx, hs, ts, d, first_cnt)
             # a key with several instances in one batch: the index points to the last one
-            for k, s in zip(hs[seg_first[new_seg]].tolist(), new_slots.tolist(), strict=True):
-                index[k] = s
+            index.update(zip(hs[seg_first[new_seg]].tolist(), new_slots.tolist(), strict=True))
 
         slot = seg_slot[seg_id]
         size = caplen[pidx].astype(np.int64)
@@ -395,6 +406,13 @@ class FlowTable:
         est = np.where(seg_tcp, (last_bits & T_EST) != 0, both[seg_last])
         state = np.where(closed, STATE_CLOSED, np.where(est, STATE_ESTABLISHED, STATE_NEW))
         c["state"][seg_slot] = state.astype(np.uint8)
+        # TCP port reuse inside this batch: the earlier instances of a key end here (the
+        # index already points to the newest); the pipeline logs them after its stages saw
+        # the batch (take_superseded), so no stage gets packets of a flow already ended
+        sup = np.flatnonzero(np.r_[seg_key[1:] == seg_key[:-1], False])
+        if len(sup):
+            self.superseded.append(
+                self._end(seg_slot[sup], END_TIMEOUT, ts[seg_first[sup + 1]], indexed=False))
 
         pkt_no = ts_before + tc_before + 1
         upd = FlowUpdate(

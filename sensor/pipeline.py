@@ -17,7 +17,7 @@ import numpy as np
 from .capture import PacketBatch
 from .config import Config
 from .decode import DecodedBatch, decode_batch
-from .defrag import Defragmenter
+from .defrag import DefragConfig, Defragmenter
 from .flow import EndedFlows, FlowTable, FlowUpdate
 from .output.eve import flow_events, stats_event
 from .output.sinks import EveFileSink
@@ -69,7 +69,10 @@ class Pipeline:
         self.stats_interval_us = config.outputs.stats.interval * 1_000_000
         self.next_stats_us: int | None = None
         self.wall_start = time.monotonic()
-        self.defrag = Defragmenter()
+        lim = config.defrag
+        self.defrag = Defragmenter(DefragConfig(
+            max_trackers=lim.max_trackers, timeout_us=lim.timeout * 1_000_000,
+            max_fragments=lim.max_fragments, max_bytes=lim.max_bytes))
         self.tunnels = Decapsulator()
         self.max_pkt_size = 0
 
@@ -84,6 +87,10 @@ class Pipeline:
         while start < n:
             stop = int(np.searchsorted(run_max, run_max[start] + self.max_span_us, side="left"))
             stop = max(stop, start + 1)
+            # a batch opens at most a quarter of max_flows flows: the table must hold them,
+            # and making room then evicts only the least recently seen (a flood's), not
+            # the live sessions the batch continues
+            stop = min(stop, start + max(1, self.cfg.flow.max_flows // 4))
             sub = batch if (start == 0 and stop >= n) else _slice(batch, start, stop)
             self._process(sub)
             start = stop
@@ -117,6 +124,7 @@ class Pipeline:
             self.next_stats_us = self.first_ts + self.stats_interval_us
         self._ingest(batch)
         self.now_us = max(self.now_us, int(ts.max()))
+        self.defrag.expire(self.now_us)  # incomplete datagrams time out without new fragments
         self._write_ended(self.flows.expire(self.now_us))
         if self.stats_interval_us and self.next_stats_us is not None and \
                 self.now_us >= self.next_stats_us:
@@ -145,7 +153,15 @@ class Pipeline:
         ctx = BatchContext(batch, d, upd, self.flows)
         for stage in self.stages:
             self._write(stage.on_batch(ctx), "alert")
+            self._note_alerts(stage)
+        self._write_ended(self.flows.take_superseded())
         return d
+
+    def _note_alerts(self, stage: Stage) -> None:
+        drain = getattr(stage, "drain_alert_signatures", None)
+        if drain is not None:
+            for sig in drain():
+                self.note_alert(sig)
 
     def _write_ended(self, ended_list: list[EndedFlows]) -> None:
         eve = self.cfg.outputs.eve
@@ -159,7 +175,12 @@ class Pipeline:
 
             for stage in self.stages:
                 self._write(stage.on_flows_ended(ended), "alert")
-            if "flow" in self.types:
+                self._note_alerts(stage)
+            write_flows = getattr(self.sink, "write_flows", None)  # eve_worker: formats there
+            if "flow" in self.types and write_flows is not None and not extras:
+                self.events["flow"] += write_flows(ended, eve.community_id,
+                                                   eve.community_id_seed)
+            elif "flow" in self.types:
                 self._write(flow_events(ended, extra if extras else None, eve.community_id,
                                         eve.community_id_seed), "flow")
             else:

@@ -8,8 +8,6 @@ keeps the old set running. The rules and model engineers add their stages here.
 
 from __future__ import annotations
 
-import importlib.util
-
 from .config import Config
 from .pipeline import Stage
 
@@ -18,11 +16,25 @@ class StageError(Exception):
     """The configured rules or model cannot be used; the message says which and why."""
 
 
-def build_stages(cfg: Config) -> list[Stage]:
-    """Every stage the config asks for, ready to run; raises StageError otherwise."""
+def build_stages(cfg: Config, strict: bool = True) -> list[Stage]:
+    """Every stage the config asks for, ready to run; raises StageError otherwise.
+
+    `strict` (the daemon, at start and on reload): any rejected rule is an error, so a
+    reload keeps the running set. Replay passes strict=False: rejected rules are reported
+    on stderr, one line each, counted, and the other rules run.
+    """
     stages: list[Stage] = []
     if cfg.rules.files:
-        _check_rules(cfg)
+        from .detect.rules.engine import RuleLoadError, build_rule_stage
+
+        try:
+            rule_stage = build_rule_stage(cfg, strict=strict)
+        except RuleLoadError as exc:
+            raise StageError(str(exc)) from None
+        if rule_stage is not None:
+            stages.append(rule_stage)
+    if not cfg.model.enabled:  # do not even import the model code (replay start-up time)
+        return stages
     from .detect.model import ModelError, build_model_stage
 
     try:
@@ -33,20 +45,3 @@ def build_stages(cfg: Config) -> list[Stage]:
         stages.append(model)
     return stages
 
-
-def _check_rules(cfg: Config) -> None:
-    """Until a rule stage exists, a reload still refuses rule files the loader rejects."""
-    if importlib.util.find_spec("sensor.detect.rules.loader") is None:
-        return
-    from .detect.rules.loader import load_rules
-
-    vars_ = {"address-groups": dict(cfg.vars.address_groups),
-             "port-groups": dict(cfg.vars.port_groups)}
-    try:
-        rs = load_rules(cfg.rules.files, vars_)
-    except (ValueError, OSError) as exc:  # e.g. a bad variable definition
-        raise StageError(f"rules: {exc}") from None
-    problems = [*rs.file_errors, *(str(e) for e in rs.errors)]
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise StageError(f"{len(problems)} rule problem(s): {problems[0]}{more}")

@@ -281,8 +281,36 @@ def torch_probs(model, image_u8: np.ndarray, seq: np.ndarray, batch: int = 2048)
     return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
 
 
+TIME_COLS = (features.SEQ_FEATURES.index("log_iat"), features.SEQ_FEATURES.index("log_t"))
+
+
+def augment_timing(seq, gen, max_factor: float):
+    """Stretch or compress each window's clock by a random factor in [1/max, max].
+
+    The lab's veths answer in microseconds; real links are slower and noisier. Rescaling the
+    inter-arrival and since-start times (inside their log1p encoding) keeps the model from
+    keying on the lab's exact latencies. Returns a new tensor; padding rows stay zero."""
+    import torch
+
+    if max_factor <= 1.0:
+        return seq
+    b = seq.shape[0]
+    lo = float(np.log(max_factor))
+    k = torch.exp((torch.rand(b, 1, 1, generator=gen) * 2.0 - 1.0) * lo)
+    scale = float(features._LOG_TIME)
+    cols = list(TIME_COLS)
+    t = seq[:, :, cols]
+    us = torch.expm1(t * scale) * k
+    out = seq.clone()
+    out[:, :, cols] = torch.log1p(us) / scale * seq[:, :, 0:1]
+    return out
+
+
 def train_model(train: WindowSet, val: WindowSet, classes: list[str], *, epochs: int,
-                seed: int, batch: int = 256, lr: float = 3e-3, log=print) -> tuple[Any, dict]:
+                seed: int, batch: int = 256, lr: float = 3e-3, time_jitter: float = 3.0,
+                log=print) -> tuple[Any, dict]:
+    """Class-weighted cross-entropy with timing augmentation; keeps the epoch with the best
+    validation balanced accuracy (fixed seeds: the same data gives the same model)."""
     import torch
 
     torch.manual_seed(seed)
@@ -305,6 +333,7 @@ def train_model(train: WindowSet, val: WindowSet, classes: list[str], *, epochs:
     img_t = torch.from_numpy(train.image)
     seq_t = torch.from_numpy(train.seq)
     y_t = torch.from_numpy(y_tr)
+    gen = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     best_state, best_score = None, -1.0
     for ep in range(epochs):
@@ -315,7 +344,7 @@ def train_model(train: WindowSet, val: WindowSet, classes: list[str], *, epochs:
         for lo in range(0, len(order), batch):
             b = order[lo:lo + batch]
             img = img_t[b].float() * (1.0 / 255.0)
-            logits = model(img, seq_t[b])
+            logits = model(img, augment_timing(seq_t[b], gen, time_jitter))
             loss = loss_fn(logits, y_t[b])
             opt.zero_grad()
             loss.backward()
@@ -354,7 +383,8 @@ def train_model(train: WindowSet, val: WindowSet, classes: list[str], *, epochs:
 # ----------------------------------------------------------------------------- thresholds
 
 def simulate_alerts(ws: WindowSet, probs: np.ndarray, classes: list[str],
-                    thresholds: dict[str, float], period_s: float) -> list[dict]:
+                    thresholds: dict[str, float], period_s: float,
+                    min_windows: int = 2) -> list[dict]:
     """The alerts ModelStage would raise for these windows (same aggregation)."""
     from .detect.model import AlertAggregator
 
@@ -362,7 +392,7 @@ def simulate_alerts(ws: WindowSet, probs: np.ndarray, classes: list[str],
     ratio = probs / thr[None, :]
     over = (ratio[:, 1:] >= 1.0).any(axis=1)
     cls = ratio[:, 1:].argmax(axis=1) + 1
-    agg = AlertAggregator(int(period_s * 1_000_000))
+    agg = AlertAggregator(int(period_s * 1_000_000), min_windows=min_windows)
     alerts = []
     hits = np.flatnonzero(over)
     for j in hits[np.argsort(ws.end_us[hits], kind="stable")].tolist():
@@ -374,7 +404,8 @@ def simulate_alerts(ws: WindowSet, probs: np.ndarray, classes: list[str],
 
 
 def calibrate(ws: WindowSet, probs: np.ndarray, classes: list[str], *, target_per_hour: float,
-              period_s: float, floor: float, cap: float = 0.9999) -> tuple[dict, dict]:
+              period_s: float, floor: float, cap: float = 0.9999,
+              min_windows: int = 2) -> tuple[dict, dict]:
     """Per-class thresholds: the lowest value (>= floor) at which benign validation windows
     raise no more than the class's share of target_per_hour * hours aggregated alerts."""
     hours = max(ws.hours, 1e-9)
@@ -394,7 +425,8 @@ def calibrate(ws: WindowSet, probs: np.ndarray, classes: list[str], *, target_pe
                 t_hi = float(t)
                 th = {cc: 2.0 for cc in classes[1:]}
                 th[c] = t_hi
-                n_alerts = len(simulate_alerts(sub, probs[benign], classes, th, period_s))
+                n_alerts = len(simulate_alerts(sub, probs[benign], classes, th, period_s,
+                                               min_windows))
                 if n_alerts > allowed:
                     break
                 thr = t_hi
@@ -407,7 +439,7 @@ def calibrate(ws: WindowSet, probs: np.ndarray, classes: list[str], *, target_pe
 # ----------------------------------------------------------------------------- evaluation
 
 def evaluate(ws: WindowSet, probs: np.ndarray, classes: list[str], thresholds: dict[str, float],
-             period_s: float) -> dict:
+             period_s: float, min_windows: int = 2) -> dict:
     """Window confusion matrix, per-instance detection, false alerts per benign hour."""
     thr = np.array([2.0] + [thresholds[c] for c in classes[1:]], dtype=np.float32)
     ratio = probs / thr[None, :]
@@ -419,9 +451,14 @@ def evaluate(ws: WindowSet, probs: np.ndarray, classes: list[str], thresholds: d
     np.add.at(cm, (np.array([ti[f] for f in ws.family], dtype=np.int64), pred), 1)
     per_family: dict[str, dict] = {}
     inst_rows = []
+    # detected: an alert was raised on one of its windows, or it had enough windows over
+    # threshold to raise one (min_windows) while an earlier alert of that source and class
+    # was still covering the period (aggregation suppressed it, the alert stands for it)
+    alerts = simulate_alerts(ws, probs, classes, thresholds, period_s, min_windows)
+    alerted_inst = {int(ws.inst[a["window"]]) for a in alerts if ws.inst[a["window"]] >= 0}
     for k, inst in enumerate(ws.instances):
         wins = np.flatnonzero(ws.inst == k)
-        det = bool(over[wins].any()) if len(wins) else False
+        det = k in alerted_inst or int(over[wins].sum()) >= min_windows
         right = bool((pred[wins] == (classes.index(inst["family"])
                                      if inst["family"] in classes else -1)).any())
         inst_rows.append({**inst, "windows": int(len(wins)), "detected": det,
@@ -435,7 +472,6 @@ def evaluate(ws: WindowSet, probs: np.ndarray, classes: list[str], thresholds: d
         pf["no_windows"] += not len(wins)
     for pf in per_family.values():
         pf["recall"] = pf["detected"] / pf["instances"]
-    alerts = simulate_alerts(ws, probs, classes, thresholds, period_s)
     false_alerts = [a for a in alerts if a["truth"] == BENIGN]
     benign = ws.family == BENIGN
     hours = ws.hours
@@ -634,7 +670,9 @@ def write_card(path: str, *, command: str, classes: list[str], thresholds: dict[
     w.append("")
     w.append("## Thresholds (calibrated on validation)\n")
     w.append(f"Target: at most {info['target_fa']:g} false alert per hour of benign traffic "
-             f"after aggregation (one alert per source, class and {info['period']:g} s). "
+             f"after aggregation (one alert per source, class and {info['period']:g} s, raised "
+             f"once {info['min_windows']} windows of that source and class crossed the "
+             f"threshold within the period). "
              f"Validation covers {calib['benign_hours'] * 60:.1f} benign minutes, so each class "
              f"may raise {calib['allowed_false_alerts_per_class']} false alerts there: the "
              f"threshold is set just above the highest benign validation score (never below "
@@ -646,7 +684,9 @@ def write_card(path: str, *, command: str, classes: list[str], thresholds: dict[
     w.append("")
     for title, r in (("Test (held out)", res), ("Validation", val_res)):
         w.append(f"## Results: {title.lower()}\n")
-        w.append(f"- Attack instances detected (any model alert on a window of the instance): "
+        w.append(f"- Attack instances detected (a model alert on a window of the instance, or "
+                 f"{info['min_windows']}+ windows over threshold while an earlier alert of that "
+                 f"source and class covered the period): "
                  f"**{r['instances_detected']}/{r['instances']} = {_pct(r['instance_recall'])}**.")
         w.append(f"- False alerts on benign traffic: **{r['false_alerts']} in "
                  f"{r['hours'] * 60:.1f} min = {r['false_alerts_per_hour']:.2f}/hour** "
@@ -709,9 +749,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--batch", type=int, default=256)
     t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--time-jitter", type=float, default=3.0,
+                   help="augmentation: scale window timing by up to this factor (1: off)")
     t.add_argument("--target-fa-per-hour", type=float, default=1.0)
     t.add_argument("--min-threshold", type=float, default=0.5)
     t.add_argument("--aggregate-seconds", type=float, default=60.0)
+    t.add_argument("--min-windows", type=int, default=2,
+                   help="windows over threshold per source and class before the first alert "
+                        "(the sensor's model.min_windows; calibration and results use it)")
     t.add_argument("--leave-out", default="", metavar="FAMILY",
                    help="drop this family from train/val (leave-one-family-out evaluation)")
     t.add_argument("--model-version", default="1.0")
@@ -763,18 +808,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     log(f"classes: {classes}; training on {len(tr)} windows")
     t_train = time.monotonic()
     model, train_info = train_model(tr, va, classes, epochs=args.epochs, seed=args.seed,
-                                    batch=args.batch, lr=args.lr, log=log)
+                                    batch=args.batch, lr=args.lr,
+                                    time_jitter=args.time_jitter, log=log)
     train_seconds = time.monotonic() - t_train
     pv = torch_probs(model, va.image, va.seq)
     thresholds, calib = calibrate(va, pv, classes, target_per_hour=args.target_fa_per_hour,
-                                  period_s=args.aggregate_seconds, floor=args.min_threshold)
+                                  period_s=args.aggregate_seconds, floor=args.min_threshold,
+                                  min_windows=args.min_windows)
     log(f"thresholds: {thresholds}")
-    val_res = evaluate(va, pv, classes, thresholds, args.aggregate_seconds)
+    val_res = evaluate(va, pv, classes, thresholds, args.aggregate_seconds, args.min_windows)
     res = None
     pt = None
     if te is not None:
         pt = torch_probs(model, te.image, te.seq)
-        res = evaluate(te, pt, classes, thresholds, args.aggregate_seconds)
+        res = evaluate(te, pt, classes, thresholds, args.aggregate_seconds, args.min_windows)
         log(f"test: {res['instances_detected']}/{res['instances']} instances detected, "
             f"{res['false_alerts']} false alerts in {res['hours'] * 60:.1f} min "
             f"({res['false_alerts_per_hour']:.2f}/h); per family "
@@ -809,9 +856,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         "netsensor.window": json.dumps({"packets": n, "bytes": m, "seconds": wcfg.seconds}),
         "netsensor.training": json.dumps({
             "train": summary(tr), "val": summary(va), "test": summary(te) if te else None,
-            "seed": args.seed, "epochs": args.epochs, "leave_out": args.leave_out or None,
+            "seed": args.seed, "epochs": args.epochs, "time_jitter": args.time_jitter,
+            "leave_out": args.leave_out or None,
             "target_false_alerts_per_hour": args.target_fa_per_hour,
-            "aggregate_seconds": args.aggregate_seconds,
+            "aggregate_seconds": args.aggregate_seconds, "min_windows": args.min_windows,
             "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}),
         "netsensor.metrics": json.dumps({"val": brief(val_res), "test": brief(res)}),
     }
@@ -845,6 +893,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         os.path.dirname(out) or ".", "README.md")
     if card != "none" and res is not None:
         outdir = os.path.dirname(card) or "."
+        os.makedirs(outdir, exist_ok=True)
         plots = [] if args.no_plots else write_plots(
             outdir, res, classes, te, pt, thresholds, train_info["history"])
         command = _command(args)
@@ -855,6 +904,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          "n": n, "m": m, "seconds": wcfg.seconds, "seed": args.seed,
                          "torch": torch.__version__, "train_seconds": train_seconds,
                          "target_fa": args.target_fa_per_hour, "period": args.aggregate_seconds,
+                         "min_windows": args.min_windows,
                          "floor": args.min_threshold},
                    onnx_path=out, onnx_diff=diff, plots=plots, extra_sections=extra)
         log(f"wrote {card}")
@@ -872,8 +922,10 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--card", args.card]
     if args.config:
         parts += ["-c", args.config]
-    defaults = {"epochs": 12, "seed": 1, "batch": 256, "lr": 3e-3, "target_fa_per_hour": 1.0,
-                "min_threshold": 0.5, "aggregate_seconds": 60.0, "leave_out": "",
+    defaults = {"epochs": 12, "seed": 1, "batch": 256, "lr": 3e-3, "time_jitter": 3.0,
+                "target_fa_per_hour": 1.0,
+                "min_threshold": 0.5, "aggregate_seconds": 60.0, "min_windows": 2,
+                "leave_out": "",
                 "model_version": "1.0"}
     for k, d in defaults.items():
         v = getattr(args, k)
@@ -888,12 +940,17 @@ def _quote(a: str) -> str:
 
 
 def _extra_sections(args: argparse.Namespace) -> list[str]:
-    """Sections from files beside the card (e.g. leave-one-family-out results)."""
-    path = os.path.join(os.path.dirname(args.output) or ".", "lofo.md")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as fh:
-            return [fh.read()]
-    return []
+    """Links to sections kept beside the card: leave-one-family-out results (models/lofo.py)
+    and the site baseline (`netsensor learn --card-section`), written by their own runs."""
+    out = []
+    here = os.path.dirname(args.output) or "."
+    for name, title, how in (
+            ("lofo.md", "Leave-one-family-out", "`python models/lofo.py`"),
+            ("baseline.md", "Site baseline", "`netsensor learn ... --card-section`")):
+        path = os.path.join(here, name)
+        if os.path.isfile(path):
+            out.append(f"## {title}\n\nSee [{name}]({name}) (written by {how}).\n")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

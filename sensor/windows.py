@@ -130,8 +130,16 @@ class WindowStage:
             if late:
                 lines += self._emit(self._close(late))
         if self.pending_packets > self.cfg.max_pending:
+            # close (and score) the oldest windows until a quarter of the bound is free,
+            # so a flood of one-packet flows cannot hold more than max_pending packets
             oldest = sorted(self.open_start, key=self.open_start.get)
-            drop = oldest[: max(1, len(oldest) // 4)]
+            excess = self.pending_packets - self.cfg.max_pending * 3 // 4
+            drop = []
+            for s in oldest:
+                if excess <= 0:
+                    break
+                drop.append(s)
+                excess -= self.open_count[s]
             self.stats["windows_forced"] += len(drop)
             lines += self._emit(self._close(drop))
         return lines

@@ -26,6 +26,7 @@ from .capture.live import LiveCapture
 from .config import Config
 from .output.sinks import add_in_iface
 from .pipeline import Pipeline, Stage
+from .privileges import PrivilegeError, Target, drop, preload
 from .stages import StageError, build_stages
 
 PR_SET_PDEATHSIG = 1
@@ -89,22 +90,41 @@ def worker_counters(pipe: Pipeline, cap: LiveCapture) -> dict[str, int]:
     return out
 
 
+def _die_with_parent() -> None:
+    """End with the supervisor even if it is killed outright (reset by a uid change)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_worker(index: int, iface: str, cfg: Config, fanout_group: int | None,
-               flow_seed: int, conn: Connection) -> None:
-    """Process entry point; returns when told to stop (SIGTERM or a "stop" message)."""
+               flow_seed: int, conn: Connection, target: Target | None = None) -> None:
+    """Process entry point; returns when told to stop (SIGTERM or a "stop" message).
+
+    With `target`, the worker gives up root and every capability as soon as its capture
+    socket is open, before it builds the rule and model stages or starts any thread.
+    """
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)  # the supervisor handles these
-    try:  # end with the supervisor even if it is killed outright
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+    _die_with_parent()
     try:
         cap = LiveCapture(iface, **capture_options(cfg, fanout_group))
     except (CaptureError, ValueError) as exc:
         conn.send(("fatal", index, str(exc)))
         return
+    if target is not None:
+        # what build_stages may import, now and on a reload, loaded while surely readable
+        preload(extra=("onnxruntime",) if cfg.model.enabled else ())
+        try:
+            drop(target)
+        except PrivilegeError as exc:
+            cap.close()
+            conn.send(("fatal", index, str(exc)))
+            return
+        _die_with_parent()
     try:
         _serve(index, iface, cfg, cap, flow_seed, conn, stop)
     except (EOFError, BrokenPipeError, ConnectionResetError):

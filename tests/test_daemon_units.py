@@ -8,6 +8,7 @@ whose /opt/netsensor/bin/netsensor points at a stub with the same command line.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,27 @@ def test_unit_contract(unit: str) -> None:
     for k in ("StateDirectory", "LogsDirectory", "RuntimeDirectory", "MemoryMax",
               "WatchdogSec"):
         assert k in keys, k
+    # the daemon drops its ambient capabilities with capset once capturing, before it
+    # starts threads: capset must stay allowed, and BLAS must not start a thread pool
+    assert keys["SystemCallFilter"][-1] == "capset"
+    assert "OPENBLAS_NUM_THREADS=1" in " ".join(keys["Environment"]).split()
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_exec_lines_are_what_the_cli_accepts(unit: str) -> None:
+    """ExecStart must parse with the real `netsensor` parser: a renamed option would
+    otherwise only show when systemd starts the unit."""
+    from sensor.cli import build_parser
+    from sensor.daemon import cmd_run
+
+    text = (REPO / "systemd" / unit).read_text()
+    (line,) = [x for x in text.splitlines() if x.startswith("ExecStart=")]
+    argv = shlex.split(line.removeprefix("ExecStart=").replace("%i", "eth0")
+                       .replace("${NETSENSOR_INTERFACE}", "eth0"))
+    assert argv[0] == EXE
+    args = build_parser().parse_args(argv[1:])
+    assert args.fn is cmd_run and args.interface == "eth0"
+    assert args.config == "/etc/netsensor/netsensor.yaml"
 
 
 def test_logrotate_snippet(tmp_path: Path) -> None:

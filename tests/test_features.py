@@ -82,6 +82,39 @@ def test_masking_removes_host_identity(tmp_path):
     assert img[3, 40] == pytest.approx(ord("G") / 255)
 
 
+def test_tcp_timestamp_option_masked(tmp_path):
+    """TSval/TSecr are a host clock: masked wherever the option sits; MSS, SACK-ok, window
+    scale and NOPs (behaviour of the stack) stay visible."""
+    def syn(opts, tsval):
+        p = Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(
+            sport=1234, dport=80, flags="S", options=[
+                (k, (tsval, tsval ^ 0x5A5A) if k == "Timestamp" else v) for k, v in opts])
+        p.time = 10.0
+        return p
+
+    layouts = [[("MSS", 1460), ("SAckOK", b""), ("Timestamp", None), ("NOP", None),
+                ("WScale", 7)],
+               [("NOP", None), ("NOP", None), ("Timestamp", None)]]
+    for opts in layouts:
+        a = windows_of(tmp_path, [syn(opts, 111111)])
+        b = windows_of(tmp_path, [syn(opts, 987654321)])
+        ia, _ = features.extract(a[0], N, M)
+        ib, _ = features.extract(b[0], N, M)
+        np.testing.assert_array_equal(ia, ib)
+        both = np.concatenate([a[0].data, b[0].data])  # a batch of two windows, as served
+        np.testing.assert_array_equal(features.image(both, np.array([1, 1]), N, M)[1], ia[0])
+        raw = a[0].data[0, 0]
+        q = np.rint(ia[0, 0] * 255).astype(np.uint8)
+        k = 40
+        while raw[k] != 8:  # find the option the way a stack would
+            k += 1 if raw[k] == 1 else int(raw[k + 1])
+        assert raw[k + 1] == 10 and not q[k + 2:k + 10].any() and q[k] == 8
+        changed = np.flatnonzero(raw[:60] != q[:60])
+        assert set(changed.tolist()) <= (set(range(0, 40)) | set(range(k + 2, k + 10)))
+        if opts[0][0] == "MSS":
+            assert q[40] == 2 and q[42:44].tolist() == [1460 >> 8, 1460 & 0xFF]
+
+
 def test_sequence_features(tmp_path):
     wb = windows_of(tmp_path, tcp_conv("10.0.0.1", "10.0.0.2", 40000, 80, 64, 100, 1000.0))[0]
     _, seq = features.extract(wb, N, M)

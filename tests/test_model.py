@@ -201,6 +201,26 @@ def test_aggregator_periods():
     assert agg.offer((key[0], "flood"), 1_000_000) == 1  # other class
 
 
+def test_aggregator_needs_evidence_first():
+    """min_windows 2: a lone window never alerts; the second within the period does and
+    counts both; evidence older than the period is forgotten."""
+    agg = AlertAggregator(60_000_000, min_windows=2)
+    s = 1_000_000
+    assert agg.offer(("a", "port-scan"), 0) is None
+    assert agg.offer(("a", "port-scan"), 70 * s) is None  # the first is stale by now
+    assert agg.offer(("a", "port-scan"), 71 * s) == 2
+    assert [agg.offer(("a", "port-scan"), t * s) for t in (72, 100, 131, 132)] == [
+        None, None, None, 4]  # 72, 100 suppressed; 131 pending; 132 alerts for all four
+    assert agg.offer(("b", "port-scan"), 71 * s) is None  # another source starts afresh
+    cfg = dataclasses.replace(Config(), model=ModelConfig(min_windows=2))
+    stage = ModelStage(cfg, FakeSession([0.1, 0.1, 0.8]), _contract())
+    stage.collected.append(_windows(1, 1000))
+    assert stage._score(None) == []  # one odd window: no alert
+    stage.collected.append(_windows(1, 1000))
+    lines = stage._score(None)
+    assert len(lines) == 1 and json.loads(lines[0])["alert"]["metadata"]["window_count"] == ["2"]
+
+
 class FakeSession:
     """Stands in for onnxruntime: every window scores `probs`."""
 
@@ -246,7 +266,8 @@ def _windows(n_win: int, step_us: int, src_lo: int = 0x0A000001) -> WindowBatch:
 
 def test_stage_aggregates_a_scan():
     """10,000 scan windows over 150 s from one source: 3 alerts, the rest counted."""
-    cfg = dataclasses.replace(Config(), model=ModelConfig(aggregate_seconds=60.0))
+    cfg = dataclasses.replace(Config(), model=ModelConfig(aggregate_seconds=60.0,
+                                                          min_windows=1))
     sess = FakeSession([0.1, 0.1, 0.8])
     stage = ModelStage(cfg, sess, _contract(), batch_size=4096)
     wb = _windows(10_000, 15_000)  # one window every 15 ms: 150 s
@@ -260,7 +281,8 @@ def test_stage_aggregates_a_scan():
     c = stage.counters()
     assert c["ml.windows_scored"] == 10_000 and c["ml.alerts"] == 3
     assert c["ml.alerts_aggregated"] == 9_997 and c["ml.windows_over_threshold"] == 10_000
-    assert sess.calls == 3  # scored in batches, not per window
+    # scored in batches, not per window: 3 batches + 1 occlusion call per raised alert
+    assert sess.calls == 3 + 3
     e = evs[0]
     assert e["event_type"] == "alert" and e["src_ip"] == "10.0.0.1"
     assert e["dest_ip"] == "10.0.0.2" and e["proto"] == "TCP" and e["pkt_src"] == "wire/pcap"
@@ -311,7 +333,21 @@ def test_shipped_model_scores_the_sample(tmp_path):
                                   "bytes_toclient", "start", "end", "age", "state", "reason",
                                   "alerted", "emergency"}
     assert alerts, "the shipped model should flag the sample's attacks"
-    assert {a["src_ip"] for a in alerts} <= {"10.77.0.66", "10.77.0.67"}
+    attackers = [a for a in alerts if a["src_ip"] in ("10.77.0.66", "10.77.0.67")]
+    assert len(attackers) >= 0.5 * len(alerts)
+    for a in alerts:  # every alert says why: top packets and feature groups by occlusion
+        md = a["alert"]["metadata"]
+        assert a["alert"]["signature"] == f"NETSENSOR ML {md['class'][0]} pattern"
+        assert a["alert"]["category"] and a["alert"]["severity"] in (1, 2, 3)
+        assert md["model"] == [contract.name] and md["model_version"] == [contract.version]
+        assert float(md["score"][0]) >= float(md["threshold"][0])
+        assert int(md["window_count"][0]) >= 1 and md["window_start"][0].endswith("+0000")
+        assert 1 <= len(md["explain_packets"]) <= 3 and 1 <= len(md["explain_features"]) <= 3
+        for item in md["explain_packets"]:
+            assert item == "none" or 1 <= int(item.split(":")[0]) <= int(
+                md["window_packets"][0])
+    assert any(md != ["none"] for md in (a["alert"]["metadata"]["explain_features"]
+                                         for a in alerts))
     alerted_ids = {a["flow_id"] for a in alerts}
     assert all(f["flow"]["alerted"] for f in flows if f["flow_id"] in alerted_ids)
     assert c["ml.alerts"] == len(alerts)
@@ -321,3 +357,26 @@ def test_shipped_model_scores_the_sample(tmp_path):
         for e in alerts + flows[:200]:
             errs = list(v.iter_errors(e))
             assert not errs, (e, errs[0].message)
+
+
+def test_replay_refuses_a_bad_model_in_one_line(tmp_path, capsys):
+    """`netsensor replay -c CFG` with a missing, corrupt or mismatched model: exit 2 and one
+    line naming the file and what is wrong, no traceback, no output written."""
+    from sensor.cli import main
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file at all" * 8)
+    cases = [(tmp_path / "missing.onnx", "no such file"), (bad, "not a loadable ONNX model")]
+    for path, needle in cases:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"windows: {{enabled: true}}\nmodel: {{enabled: true, path: '{path}'}}\n")
+        out = tmp_path / "out"
+        out.mkdir(exist_ok=True)
+        rc = main(["replay", str(SAMPLE), "-q", "-l", str(out), "-c", str(cfg)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and needle in err and str(path) in err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+    cfg.write_text("windows: {enabled: true, packets: 16}\nmodel: {enabled: true}\n")
+    assert main(["replay", str(SAMPLE), "-q", "-l", str(out), "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "packets 16 (model: 32)" in err and len(err.splitlines()) == 1

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from syslogd import Rsyslogd, rsyslogd_path
 
 from sensor.output.sinks import (
     EveFileSink,
@@ -150,7 +153,9 @@ def test_syslog_framing(tmp_path: Path, fmt: str) -> None:
     else:
         assert msg.startswith(f"<{pri}>")
         head, _, body = msg.partition(": ")
-        assert head.endswith(f"netsensor[{os.getpid()}]")
+        # syslog(3)'s local form: `<PRI>Mmm dd hh:mm:ss TAG[PID]`, no host name
+        assert re.fullmatch(rf"<{pri}>[A-Z][a-z]{{2}} [ 123]\d \d\d:\d\d:\d\d "
+                            rf"netsensor\[{os.getpid()}\]", head), head
         assert body == LINE
 
 
@@ -166,6 +171,41 @@ def test_syslog_udp_localhost() -> None:
     finally:
         sink.close(timeout=0.5)
         srv.close()
+
+
+@pytest.fixture(scope="module")
+def rsyslogd():
+    if rsyslogd_path() is None:
+        pytest.skip("rsyslogd not installed (apt-get install rsyslog)")
+    workdir = Path(tempfile.mkdtemp(prefix="nsd-rsyslog-"))
+    server = Rsyslogd(workdir)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("fmt, transport", [("rfc3164", "unix"), ("rfc3164", "udp"),
+                                            ("rfc5424", "udp")])
+def test_real_rsyslogd_parses_every_event(rsyslogd: Rsyslogd, fmt: str, transport: str) -> None:
+    """A real rsyslogd must see program, facility, severity, pid and the EVE line intact."""
+    ident = f"ns{fmt[-4:]}{transport}"
+    address = str(rsyslogd.sock) if transport == "unix" else f"udp://127.0.0.1:{rsyslogd.port}"
+    sink = SyslogSink(address, fmt, facility="local3", level="warning", ident=ident)
+    sink.start()
+    lines = _lines(50, ident)
+    try:
+        sink.write(lines)
+        got = rsyslogd.wait(ident, 50)
+    finally:
+        sink.close(timeout=1)
+    assert [g["msg"] for g in got] == lines  # all of them, in order, unchanged
+    for g in got:
+        assert (g["facility"], g["severity"], g["procid"]) == ("local3", "warning",
+                                                               str(os.getpid()))
+    if transport == "udp":
+        assert {g["hostname"] for g in got} == {socket.gethostname()}
 
 
 @pytest.mark.parametrize("kwargs, msg", [
@@ -198,11 +238,13 @@ def test_multisink_file_error_does_not_stop_others(tmp_path: Path) -> None:
         multi.write([LINE])
         multi.flush()
         assert srv.recv(65536).decode() == LINE
-        assert multi.counters()["capture.netsensor_dropped_events"] == 1
+        # the file sink holds the line it could not write (bounded) instead of losing it
+        assert multi.counters()["capture.netsensor_dropped_events"] == 0
+        assert multi.counters()["capture.output.file.held"] == 1
         multi.reopen()  # SIGHUP brings the file back
         multi.write([LINE])
         multi.flush()
-        assert (tmp_path / "eve.json").read_text() == LINE + "\n"
+        assert (tmp_path / "eve.json").read_text() == LINE + "\n" + LINE + "\n"
     finally:
         multi.close()
         srv.close()

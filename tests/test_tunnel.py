@@ -89,3 +89,26 @@ def test_inner_batches_carry_the_outer_packet_for_eve() -> None:
     assert gre.parents.outer[0]["proto"] == "GRE"
     # inner timestamps are the outer packets'
     assert np.isin(vx.ts_us, batch.ts_us).all()
+
+
+def test_alert_on_inner_packet_names_its_outer_packet(tmp_path: Path) -> None:
+    jsonschema = __import__("jsonschema")
+    from sensor.cli import main
+
+    rules = tmp_path / "t.rules"
+    rules.write_text('alert icmp any any -> any any (msg:"ping"; itype:8; sid:1;)\n')
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"rules:\n  files: [{rules}]\n")
+    assert main(["replay", str(PCAP), "-c", str(cfg), "-l", str(tmp_path), "-q"]) == 0
+    alerts = [json.loads(line) for line in (tmp_path / "eve.json").open()
+              if '"event_type":"alert"' in line]
+    by_src = {a["src_ip"]: a for a in alerts}
+    gre = by_src["10.1.0.1"]  # the ping inside GRE, outer packet 3 of the capture
+    assert gre["pkt_src"] == "gre encapsulation" and "pcap_cnt" not in gre
+    assert gre["tunnel"] == {"src_ip": "198.51.100.1", "dest_ip": "198.51.100.2",
+                             "proto": "GRE", "depth": 1, "pcap_cnt": 3, "pkt_src": "wire/pcap"}
+    plain = by_src["10.12.0.1"]  # MPLS is decoded inline: no tunnel, the packet's own pcap_cnt
+    assert "tunnel" not in plain and plain["pcap_cnt"] > 0
+    schema = json.loads((ROOT.parent / "shared/eve-schema/schema-7.0.10.json").read_text())
+    for a in alerts:
+        jsonschema.validate(a, schema)

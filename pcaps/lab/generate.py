@@ -21,6 +21,7 @@ import argparse
 import base64
 import csv
 import datetime as dt
+import hashlib
 import os
 import random
 import shutil
@@ -47,11 +48,21 @@ HTTP_PASSWORD = "letmein-77"  # noqa: S105
 IPERF_PORTS = (5201, 5202, 5203)
 LABEL_GRACE_S = 1.0  # replies/RSTs trailing an attack stay inside its slot
 MIN_GAP_S = 4.0  # benign-only time between two attack slots
-REQUIRED_TOOLS = (
-    "ip", "tcpdump", "nginx", "dnsmasq", "/usr/sbin/sshd", "ssh", "ssh-keygen", "sshpass",
-    "iperf3", "curl", "dig", "ping", "nmap", "hping3", "slowhttptest", "hydra", "htpasswd",
-    "nc", "ethtool",
-)
+BASE_TOOLS = ("ip", "tcpdump", "ethtool")
+# what each service, benign activity and attack family needs (preflight checks only these)
+SERVICE_TOOLS = {"nginx": ("nginx",), "dnsmasq": ("dnsmasq",),
+                 "sshd": ("/usr/sbin/sshd", "ssh-keygen"), "iperf3": ("iperf3",), "nc": ("nc",)}
+BENIGN_NEEDS = {  # activity -> (tools, services)
+    "web": (("curl", "dig"), ("nginx", "dnsmasq")), "dns": (("dig",), ("dnsmasq",)),
+    "ssh": (("ssh", "sshpass"), ("sshd",)), "bulk": (("curl",), ("nginx",)),
+    "iperf": (("iperf3",), ("iperf3",)), "ping": (("ping",), ()),
+}
+FAMILY_NEEDS = {
+    "port-scan": (("nmap",), ()), "flood": (("hping3",), ()),
+    "slow-dos": (("slowhttptest",), ("nginx",)), "dns-tunnel": (("dig",), ("dnsmasq",)),
+    "exfil": ((), ("nc",)),
+}
+ATTACK_NEEDS = {"brute-ssh": (("hydra",), ("sshd",)), "brute-http": (("hydra",), ("nginx",))}
 COMMON_PASSWORDS = (
     "123456 password 12345678 qwerty 123456789 12345 1234 111111 1234567 dragon 123123 "
     "baseball abc123 football monkey letmein 696969 shadow master 666666 qwertyuiop 123321 "
@@ -88,7 +99,7 @@ PROFILES = {
     "small": Profile(
         bulk_max_bytes=200_000, bulk_rate=("2M", "5M", ""), iperf_rates=("300K", "600K"),
         flood_interval_us=(3000, 4000, 5000), flood_seconds=(1.5, 3.0),
-        exfil_bytes=(2_000_000, 3_000_000), think_s=(2.5, 6.0), object_max_bytes=80_000,
+        exfil_bytes=(800_000, 1_500_000), think_s=(2.5, 6.0), object_max_bytes=20_000,
         slow_conns=(40, 120), scan_ports=(100, 300, 1000),
         weights={"web": 5, "dns": 3, "ssh": 1.5, "bulk": 0.8, "iperf": 0.5, "ping": 1},
     ),
@@ -323,6 +334,21 @@ class Site:
     large_size: int
 
 
+def code_text(rng: random.Random, words: list[str], size: int) -> bytes:
+    """Script/style-sheet-like text of about `size` bytes (identifiers, braces, numbers)."""
+    parts: list[str] = []
+    n = 0
+    while n < size:
+        a, b = rng.choice(words), rng.choice(words)
+        line = rng.choice([f"function {a}_{b}(x) {{ return x.{a} + {rng.randint(0, 999)}; }}\n",
+                           f".{a}-{b} {{ margin: {rng.randint(0, 40)}px; color: "
+                           f"#{rng.getrandbits(24):06x}; }}\n",
+                           f"var {a}{b.title()} = document.getElementById('{a}-{b}');\n"])
+        parts.append(line)
+        n += len(line)
+    return "".join(parts).encode()[:size]
+
+
 def make_site(root: str, rng: random.Random, large_mb: int, max_bytes: int) -> Site:
     """Pages/assets of varied size plus one large file, so browsing and bulk look different."""
     www = os.path.join(root, "www")
@@ -344,12 +370,15 @@ def make_site(root: str, rng: random.Random, large_mb: int, max_bytes: int) -> S
             fh.write("</p></body></html>\n")
         pages.append(name)
     for i in range(rng.randint(8, 14)):
-        ext = rng.choice(["png", "jpg", "js", "css"])
+        ext = rng.choice(["png", "jpg", "svg", "js", "css"])
         size = max(300, min(int(rng.lognormvariate(10.0, 1.0)), max_bytes))
         name = f"static/a{i}.{ext}"
         os.makedirs(os.path.join(www, "static"), exist_ok=True)
         with open(os.path.join(www, name), "wb") as fh:
-            fh.write(rng.randbytes(size))
+            if ext in ("svg", "js", "css"):  # text, as scripts, styles and SVG icons are
+                fh.write(code_text(rng, words, size))
+            else:  # images: compressed formats, incompressible bytes
+                fh.write(rng.randbytes(size))
         assets.append(name)
     links = "".join(f'<a href="/{p}">{p}</a>\n' for p in pages)
     with open(os.path.join(www, "index.html"), "w") as fh:
@@ -358,17 +387,89 @@ def make_site(root: str, rng: random.Random, large_mb: int, max_bytes: int) -> S
         fh.write("<html><body>admin console</body></html>\n")
     large = "big/large.bin"
     size = large_mb * 1_000_000
+    block = records_csv(rng, 1_000_000)  # a database export: text, as most bulk data is
     with open(os.path.join(www, large), "wb") as fh:
         for _ in range(large_mb):
-            fh.write(rng.randbytes(1_000_000))
+            fh.write(block)
     return Site(pages, assets, large, size)
 
 
-def start_services(lab: Lab, rng: random.Random, tmp: str, exfil_port: int | None) -> None:
-    """nginx, dnsmasq, sshd, iperf3 (and an nc sink for exfil) inside the srv namespace."""
+def records_csv(rng: random.Random, size: int) -> bytes:
+    """`size` bytes of CSV records (ids, names, e-mails, amounts, dates): what bulk transfers
+    and exfiltrated dumps carry. Text keeps the committed whole-frame captures small under
+    gzip; random bytes would not compress at all."""
+    first = ("anna ben carla david eva felix greta hugo ida jonas karl lena mia noah olga paul "
+             "rita sven tina uwe").split()
+    last = ("meyer schmidt huber wagner becker fischer weber koch bauer richter klein wolf "
+            "neumann braun zimmer hartmann").split()
+    lines = ["id,first,last,email,amount,currency,created\n"]
+    n = len(lines[0])
+    while n < size:
+        f, la = rng.choice(first), rng.choice(last)
+        line = (f"{rng.randint(100000, 999999)},{f},{la},{f}.{la}{rng.randint(1, 99)}@"
+                f"{rng.choice(['example.org', 'mail.test', 'corp.test'])},"
+                f"{rng.randint(1, 99999)}.{rng.randint(0, 99):02d},{rng.choice(['EUR', 'USD'])},"
+                f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}\n")
+        lines.append(line)
+        n += len(line)
+    return "".join(lines).encode()[:size]
+
+
+def htpasswd_line(user: str, password: str, salt: bytes) -> str:
+    """An nginx basic-auth entry in the salted SHA-1 scheme ({SSHA}); no htpasswd needed."""
+    digest = hashlib.sha1(password.encode() + salt).digest()  # noqa: S324 - nginx's scheme
+    return f"{user}:{{SSHA}}{base64.b64encode(digest + salt).decode()}\n"
+
+
+def start_services(lab: Lab, rng: random.Random, tmp: str, exfil_port: int | None,
+                   services: set[str]) -> None:
+    """The services asked for (nginx, dnsmasq, sshd, iperf3, an nc sink for exfil), all in
+    the srv namespace with their own configs in tmp."""
     srv = lab.srv
-    # nginx: own config, pid, logs and temp paths in tmp (never /etc or /var)
-    sh(["htpasswd", "-bc", os.path.join(tmp, "htpasswd"), HTTP_USER, HTTP_PASSWORD])
+    if "nginx" in services:
+        start_nginx(lab, rng, tmp)
+    if "dnsmasq" in services:
+        start_dnsmasq(lab, tmp)
+    if "sshd" in services:
+        start_sshd(lab, tmp)
+    if "iperf3" in services:
+        for port in IPERF_PORTS:
+            lab.daemon(srv, f"iperf3-{port}", ["iperf3", "-s", "-B", SRV_IP, "-p", str(port)])
+    if exfil_port:
+        lab.daemon(srv, "nc-sink", ["sh", "-c", f"exec nc -lk {exfil_port} >/dev/null"])
+
+    want_tcp = ({80} if "nginx" in services else set()) | ({22} if "sshd" in services else set())
+    want_tcp |= set(IPERF_PORTS) if "iperf3" in services else set()
+    want_tcp |= {exfil_port} if exfil_port else set()
+    want_udp = {53} if "dnsmasq" in services else set()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        tcp = subprocess.run(["ip", "netns", "exec", srv.ns, "ss", "-Hltn"], capture_output=True,
+                             text=True, check=False).stdout
+        udp = subprocess.run(["ip", "netns", "exec", srv.ns, "ss", "-Hlun"], capture_output=True,
+                             text=True, check=False).stdout
+        if all(f":{p} " in tcp for p in want_tcp) and all(f":{p} " in udp for p in want_udp):
+            break
+        time.sleep(0.3)
+    else:
+        raise RuntimeError(f"services not up in srv namespace (see {lab.workdir}/logs)")
+    for name, p in lab.daemons:
+        if p.poll() is not None:
+            raise RuntimeError(f"{name} exited early (see {lab.workdir}/logs/{name}.log)")
+    up = [f"{name}:{port}" for name, port in (("nginx", 80), ("dnsmasq", 53), ("sshd", 22))
+          if name in services]
+    if "iperf3" in services:
+        up.append(f"iperf3:{IPERF_PORTS}")
+    if exfil_port:
+        up.append(f"nc-sink:{exfil_port}")
+    log(f"services up in {srv.ns}: {' '.join(up) or 'none'}")
+
+
+def start_nginx(lab: Lab, rng: random.Random, tmp: str) -> None:
+    """nginx: own config, pid, logs and temp paths in tmp (never /etc or /var)."""
+    srv = lab.srv
+    with open(os.path.join(tmp, "htpasswd"), "w") as fh:
+        fh.write(htpasswd_line(HTTP_USER, HTTP_PASSWORD, rng.randbytes(8)))
     os.chmod(os.path.join(tmp, "htpasswd"), 0o644)
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(tmp, "nginx", sub), exist_ok=True)
@@ -406,7 +507,9 @@ http {{
     lab.daemon(srv, "nginx", ["nginx", "-e", f"{tmp}/nginx-error.log", "-c", conf,
                               "-g", "daemon off;"])
 
-    # dnsmasq: authoritative-looking answers for lab.test, wildcard for everything else in it
+
+def start_dnsmasq(lab: Lab, tmp: str) -> None:
+    """dnsmasq: authoritative-looking answers for lab.test, wildcard for everything else."""
     names = ["www", "mail", "smtp", "imap", "ftp", "api", "cdn", "static", "intranet", "git",
              "wiki", "jira", "vpn", "ldap", "proxy", "backup", "files", "monitor", "grafana",
              "ns1", "ns2", "printer", "nas"] + [f"db{i}" for i in range(1, 6)] + \
@@ -419,9 +522,11 @@ http {{
     for i, name in enumerate(names):
         dns_args.append(f"--host-record={name}.{ZONE},{SUBNET}.{100 + i}")
     dns_args.append(f"--address=/{ZONE}/{SRV_IP}")  # wildcard *.lab.test
-    lab.daemon(srv, "dnsmasq", dns_args)
+    lab.daemon(lab.srv, "dnsmasq", dns_args)
 
-    # sshd: host keys via ssh-keygen -A into tmp, password auth for the lab user
+
+def start_sshd(lab: Lab, tmp: str) -> None:
+    """sshd: host keys via ssh-keygen -A into tmp, password auth for the lab user."""
     os.makedirs(os.path.join(tmp, "etc", "ssh"), exist_ok=True)
     sh(["ssh-keygen", "-A", "-f", tmp])
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege-separation dir
@@ -447,31 +552,7 @@ PrintMotd no
 StrictModes no
 Subsystem sftp internal-sftp
 """)
-    lab.daemon(srv, "sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", sshd_conf])
-
-    for port in IPERF_PORTS:
-        lab.daemon(srv, f"iperf3-{port}", ["iperf3", "-s", "-B", SRV_IP, "-p", str(port)])
-    if exfil_port:
-        lab.daemon(srv, "nc-sink", ["sh", "-c", f"exec nc -lk {exfil_port} >/dev/null"])
-
-    want_tcp = {22, 80, *IPERF_PORTS} | ({exfil_port} if exfil_port else set())
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        tcp = subprocess.run(["ip", "netns", "exec", srv.ns, "ss", "-Hltn"], capture_output=True,
-                             text=True, check=False).stdout
-        udp = subprocess.run(["ip", "netns", "exec", srv.ns, "ss", "-Hlun"], capture_output=True,
-                             text=True, check=False).stdout
-        up = {p for p in want_tcp if f":{p} " in tcp} | ({53} if ":53 " in udp else set())
-        if up >= want_tcp | {53}:
-            break
-        time.sleep(0.3)
-    else:
-        raise RuntimeError(f"services not up in srv namespace (see {lab.workdir}/logs)")
-    for name, p in lab.daemons:
-        if p.poll() is not None:
-            raise RuntimeError(f"{name} exited early (see {lab.workdir}/logs/{name}.log)")
-    log(f"services up in {srv.ns}: nginx:80 dnsmasq:53 sshd:22 iperf3:{IPERF_PORTS}"
-        + (f" nc-sink:{exfil_port}" if exfil_port else ""))
+    lab.daemon(lab.srv, "sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", sshd_conf])
 
 
 def ensure_ssh_user() -> None:
@@ -587,7 +668,7 @@ def benign_iperf(ctx: Ctx, node: Node, rng: random.Random, budget: float) -> str
     port = rng.choice(IPERF_PORTS)
     rate = rng.choice(ctx.prof.iperf_rates)
     argv = ["iperf3", "-c", SRV_IP, "-p", str(port), "-t", "2", "-b", rate, "--connect-timeout",
-            "2000"]
+            "2000", "--repeating-payload"]
     if rng.random() < 0.4:
         argv.append("-R")
     if rng.random() < 0.25:
@@ -612,10 +693,10 @@ BENIGN: dict[str, Callable[[Ctx, Node, random.Random, float], str]] = {
 }
 
 
-def benign_client(ctx: Ctx, node: Node, seed: int, counts: dict[str, int]) -> None:
+def benign_client(ctx: Ctx, node: Node, seed: int, counts: dict[str, int],
+                  kinds: list[str]) -> None:
     """One client's session: its own weights and pace, activities until the deadline."""
     rng = random.Random(seed)
-    kinds = list(BENIGN)
     weights = [ctx.prof.weights.get(k, 1.0) * rng.uniform(0.3, 1.7) for k in kinds]
     think = rng.uniform(*ctx.prof.think_s)
     time.sleep(rng.uniform(0, 2.0))
@@ -774,12 +855,12 @@ def dns_tunnel(ctx: Ctx, atk: Node, rng: random.Random, budget: float, extra: di
 
 
 def exfil_upload(ctx: Ctx, atk: Node, rng: random.Random, budget: float, extra: dict) -> str:
-    """Large upload to an unusual port on srv (nc sink), paced so it lasts a few seconds."""
+    """Large upload (a CSV dump) to an unusual port on srv (nc sink), paced or at full speed."""
     port = extra["exfil_port"]
     size = rng.randint(*ctx.prof.exfil_bytes)
-    path = os.path.join(ctx.lab.workdir, "exfil.bin")
+    path = os.path.join(ctx.lab.workdir, "exfil.csv")
     with open(path, "wb") as fh:
-        fh.write(rng.randbytes(size))
+        fh.write(records_csv(rng, size))  # a database dump, sent in clear
     rate = rng.choice([1_000_000, 2_000_000, 5_000_000, 0])  # bytes/s, 0 = as fast as possible
     sender = (
         "import socket,sys,time\n"
@@ -911,11 +992,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="all | none | comma list of names/families: "
                          + ", ".join(a.name for a in ATTACKS) + "; " + ", ".join(FAMILIES))
     ap.add_argument("--benign-clients", type=int, default=3)
+    ap.add_argument("--benign", default="all",
+                    help="all | comma list of benign activities: " + ", ".join(BENIGN)
+                         + " (only the services and tools these need are started/checked)")
     ap.add_argument("--attackers", type=int, choices=(1, 2), default=2)
     ap.add_argument("--profile", choices=sorted(PROFILES), default="default",
                     help="traffic volume: small (committed samples), default, bench (bulk)")
     ap.add_argument("--snaplen", type=int, default=0,
-                    help="tcpdump -s (0 = tcpdump default, whole frames; >=256 otherwise)")
+                    help="tcpdump -s (0 = whole frames, the default; >=256 otherwise). A cut "
+                         "IP packet is invalid to Suricata and netsensor (ipv4.trunc_pkt) "
+                         "and opens no flow: keep whole frames for anything they replay")
     ap.add_argument("--large-mb", type=int, default=20, help="size of the generated large file")
     ap.add_argument("--keep-workdir", action="store_true", help="keep configs and logs")
     args = ap.parse_args(argv)
@@ -925,23 +1011,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--benign-clients must be 1..40")
     if not 10 <= args.duration <= 3600:
         ap.error("--duration must be 10..3600 seconds")
+    kinds = list(BENIGN) if args.benign == "all" else \
+        [k.strip() for k in args.benign.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in BENIGN]
+    if unknown or not kinds:
+        ap.error(f"--benign: unknown activity {', '.join(unknown) or '(none)'}; "
+                 f"choose from {', '.join(BENIGN)}")
+    args.benign_kinds = kinds
     return args
 
 
-def preflight() -> None:
+def needs(kinds: list[str], attacks: list[Attack]) -> tuple[set[str], list[str]]:
+    """Services to start and tools to check for these benign activities and attacks."""
+    services: set[str] = set()
+    tools: list[str] = list(BASE_TOOLS)
+    wanted = [BENIGN_NEEDS[k] for k in kinds]
+    wanted += [ATTACK_NEEDS[a.name] if a.name in ATTACK_NEEDS else FAMILY_NEEDS[a.family]
+               for a in attacks]
+    for t, svc in wanted:
+        services.update(svc)
+        tools += [x for x in t if x not in tools]
+    for svc in sorted(services):
+        tools += [x for x in SERVICE_TOOLS[svc] if x not in tools]
+    return services, tools
+
+
+def preflight(tools: list[str]) -> None:
     if os.geteuid() != 0:
         raise SystemExit("run as root (namespaces, tcpdump, raw sockets)")
-    missing = [t for t in REQUIRED_TOOLS if not shutil.which(t)]
+    missing = [t for t in tools if not shutil.which(t)]
     if missing:
         raise SystemExit(f"missing tools: {' '.join(missing)} (run pcaps/lab/install-deps.sh)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    preflight()
+    attacks = select_attacks(args.attacks)
+    services, tools = needs(args.benign_kinds, attacks)
+    preflight(tools)
     rng = random.Random(args.seed)
     prof = PROFILES[args.profile]
-    attacks = select_attacks(args.attacks)
     attackers = ["atk1", "atk2"][: args.attackers]
     out_dir = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(out_dir, exist_ok=True)
@@ -966,17 +1075,19 @@ def main(argv: list[str] | None = None) -> int:
     counts: dict[str, int] = {}
     try:
         log(f"seed={args.seed} duration={total:.0f}s profile={args.profile} "
-            f"clients={args.benign_clients} attacks={[s.attack.name for s in slots]}")
+            f"clients={args.benign_clients} benign={args.benign_kinds} "
+            f"attacks={[s.attack.name for s in slots]}")
         site = make_site(os.path.join(workdir, "srv"), rng, args.large_mb, prof.object_max_bytes)
         lab.build()
-        start_services(lab, rng, os.path.join(workdir, "srv"), exfil_port)
+        start_services(lab, rng, os.path.join(workdir, "srv"), exfil_port, services)
         if os.path.exists(pcap):
             os.unlink(pcap)
         lab.start_capture(pcap, args.snaplen)
         t0 = time.monotonic()
         ctx = Ctx(lab, site, prof, t0 + total)
         threads = [threading.Thread(target=benign_client, daemon=True,
-                                    args=(ctx, c, args.seed * 1000 + i, counts))
+                                    args=(ctx, c, args.seed * 1000 + i, counts,
+                                          args.benign_kinds))
                    for i, c in enumerate(lab.clients)]
         for th in threads:
             th.start()

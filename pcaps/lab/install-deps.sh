@@ -5,17 +5,16 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(nginx dnsmasq openssh-server openssh-client iperf3 curl dnsutils
-      iputils-ping tcpdump nmap hping3 slowhttptest hydra sshpass apache2-utils
-      netcat-openbsd iproute2 ethtool tshark)
+      iputils-ping tcpdump nmap hping3 slowhttptest hydra sshpass
+      netcat-openbsd iproute2 ethtool)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
-  # iperf3 asks whether to start a daemon; tshark asks about non-root capture
+  # iperf3 asks whether to start a daemon
   echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections
-  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # the lab starts its own instances; packaged daemons would only hold ports/pids

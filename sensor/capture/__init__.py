@@ -41,7 +41,8 @@ class PacketBatch:
     linktype  uint16[n]   libpcap LINKTYPE of each frame (pcapng mixes interfaces)
     first_cnt int         1-based position of frame 0 in the source (EVE pcap_cnt);
                           0 for packets the sensor built itself (no pcap_cnt)
-    iface     int32[n]    pcapng interface index (0 for pcap and live sources)
+    iface     int32[n]    pcapng interface index, numbered over all sections of the file
+                          (0 for pcap and live sources)
     """
 
     data: np.ndarray

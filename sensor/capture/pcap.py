@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import struct
 import sys
+import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -28,6 +29,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 
 # libpcap refuses records larger than this (or the file's snaplen, if larger).
 MAX_RECORD = 262144
+MAX_SNAPLEN = 1 << 24
+MAX_WIRELEN = (1 << 31) - 1  # a wire length field is 32 bits; PacketBatch keeps int32
 CHUNK = 4 << 20
 
 
@@ -36,13 +39,17 @@ class _Reader:
 
     def __init__(self, fileobj: BinaryIO):
         self.f = fileobj
+        # a gzip stream read with readinto() loses what it decompressed in the call that
+        # hits the damage; readinto1() returns every decompressed piece before the error
+        self.readinto = fileobj.readinto1 if isinstance(fileobj, gzip.GzipFile) \
+            else fileobj.readinto
 
     def read_into(self, mv: memoryview) -> int:
         got = 0
         while got < len(mv):
             try:
-                n = self.f.readinto(mv[got:])
-            except (EOFError, gzip.BadGzipFile, OSError) as exc:
+                n = self.readinto(mv[got:])
+            except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
                 raise _StreamError(got, f"compressed stream is damaged ({exc})") from exc
             if not n:
                 break
@@ -109,14 +116,17 @@ class PcapSource:
                 self.error = CaptureError(self.name, 0, "truncated capture file header")
                 return
             magic = bytes(head)
-            if magic in PCAP_MAGICS:
-                yield from self._pcap(reader, magic)
-            elif magic == PCAPNG_SHB:
-                yield from self._pcapng(reader, magic)
-            else:
-                self.error = CaptureError(
-                    self.name, 0, f"not a pcap or pcapng file (magic {magic.hex()})"
-                )
+            try:
+                if magic in PCAP_MAGICS:
+                    yield from self._pcap(reader, magic)
+                elif magic == PCAPNG_SHB:
+                    yield from self._pcapng(reader, magic)
+                else:
+                    self.error = CaptureError(
+                        self.name, 0, f"not a pcap or pcapng file (magic {magic.hex()})"
+                    )
+            except _StreamError as exc:  # damage inside the file header (gzip)
+                self.error = CaptureError(self.name, 4 + exc.got, exc.message)
         finally:
             if f is not sys.stdin.buffer:
                 f.close()
@@ -203,7 +213,8 @@ class PcapSource:
         _vmaj, _vmin, _zone, _sig, snaplen, linktype = struct.unpack(endian + "HHiIII", rest)
         linktype &= 0xFFFF  # upper bits carry FCS information
         self.linktypes.add(linktype)
-        limit = max(MAX_RECORD, snaplen)
+        # a crafted snaplen must not let one record claim gigabytes (libpcap caps it too)
+        limit = max(MAX_RECORD, min(snaplen, MAX_SNAPLEN))
         self._stop = False
         self._need = 0
         incl_at = struct.Struct(endian + "I").unpack_from
@@ -237,7 +248,7 @@ class PcapSource:
             hdr = hdr.astype(np.int64)
             ts_us = hdr[:, 0] * 1_000_000 + hdr[:, 1] // ts_div
             caplen = hdr[:, 2].astype(np.int32)
-            wirelen = hdr[:, 3].astype(np.int32)
+            wirelen = np.minimum(hdr[:, 3], MAX_WIRELEN).astype(np.int32)
             lt = np.full(len(rec), linktype, dtype=np.uint16)
             yield from self._emit(buf, rec + 16, caplen, wirelen, ts_us, lt, None)
 
@@ -247,6 +258,10 @@ class PcapSource:
         self._need = 0
         endian = "<"
         ifaces: list[tuple[int, int, int, int]] = []  # linktype, snaplen, resolution, offset_s
+        # interfaces of every section so far: a packet's interface is section_base + its id,
+        # so packets of an earlier section in the same chunk keep their own interface
+        all_ifaces: list[tuple[int, int, int, int]] = []
+        section_base = 0
         for buf, valid, base, _eof in self._chunks(reader, magic, 0):
             pos = 0
             data_pos: list[int] = []
@@ -268,7 +283,9 @@ class PcapSource:
                 if blen < 12 or blen % 4:
                     self._fail(base + pos, f"pcapng block of type {btype} has bad length {blen}")
                     break
-                if blen > MAX_RECORD + 4096 and btype in (2, 3, 6):
+                if blen > MAX_RECORD + 4096 and btype in (2, 3, 6) or blen > MAX_SNAPLEN + 4096:
+                    # a packet block past libpcap's limit, or any block that would make the
+                    # reader buffer gigabytes of a pipe before finding out it is damaged
                     self._fail(base + pos, f"pcapng block claims {blen} bytes, over the limit")
                     break
                 if pos + blen > valid:
@@ -277,23 +294,25 @@ class PcapSource:
                 body = pos + 8
                 if btype == 0x0A0D0D0A:
                     ifaces = []
+                    section_base = len(all_ifaces)
                 elif btype == 1:
                     ifaces.append(self._idb(buf, body, pos + blen - 4, endian))
+                    all_ifaces.append(ifaces[-1])
                 elif btype in (6, 2, 3):
                     rec = self._packet_block(buf, btype, body, blen, endian, ifaces, base + pos)
                     if rec is None:
                         break
                     data_pos.append(rec[0])
                     caps.append(rec[1])
-                    wires.append(rec[2])
+                    wires.append(min(rec[2], MAX_WIRELEN))
                     ts_raw.append(rec[3])
-                    if_ids.append(rec[4])
+                    if_ids.append(section_base + rec[4])
                 pos += blen
             self._consumed = pos
             if not data_pos:
                 continue
             ifid = np.asarray(if_ids, dtype=np.int32)
-            table = np.asarray(ifaces, dtype=np.int64).reshape(-1, 4)
+            table = np.asarray(all_ifaces, dtype=np.int64).reshape(-1, 4)
             raw = np.asarray(ts_raw, dtype=np.uint64)
             ts_us = np.empty(len(raw), dtype=np.int64)
             for i, (_lt, _snap, res, off) in enumerate(table):
@@ -326,6 +345,7 @@ class PcapSource:
                 resolution = buf[opt + 4] | 0  # high bit set: power of two
             elif code == 14 and olen >= 8:
                 offset = struct.unpack_from(endian + "q", buf, opt + 4)[0]
+                offset = max(-(1 << 32), min(offset, 1 << 32))  # seconds; int64 us fits
             opt += 4 + ((olen + 3) & ~3)
         return linktype, snaplen, resolution, offset
 
@@ -369,6 +389,8 @@ def _to_usec(raw: np.ndarray, resolution: int) -> np.ndarray:
     if resolution & 0x80:
         shift = resolution & 0x7F
         return ((raw.astype(np.float64) / (1 << shift)) * 1e6).astype(np.int64)
+    if resolution >= 26:  # 10**20 units a second: every uint64 timestamp is below 1 us
+        return np.zeros(len(raw), dtype=np.int64)
     if resolution >= 6:
         return (raw // np.uint64(10 ** (resolution - 6))).astype(np.int64)
     return raw.astype(np.int64) * 10 ** (6 - resolution)

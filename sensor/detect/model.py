@@ -49,6 +49,9 @@ REQUIRED_META = ("feature_spec", "inputs", "classes", "thresholds", "window", "m
                  "model_version")
 
 GID = 9000  # reserved for netsensor ML alerts
+BASELINE_SID = 9000200  # + index of the baseline in model.baselines
+BASELINE_SIGNATURE = "NETSENSOR ML anomalous flow (site baseline)"
+KINDS = ("classifier", "baseline")
 # stable sids for the lab's families; any other class gets 9000100 + its index
 CLASS_SIDS = {"port-scan": 9000001, "flood": 9000002, "slow-dos": 9000003,
               "brute-force": 9000004, "dns-tunnel": 9000005, "exfil": 9000006}
@@ -80,6 +83,7 @@ class ModelContract:
     bytes: int
     seconds: float
     meta: dict[str, str]
+    kind: str = "classifier"  # or "baseline" (`netsensor learn`: one anomaly score)
 
     def sid(self, cls: str) -> int:
         return CLASS_SIDS.get(cls, 9000100 + self.classes.index(cls))
@@ -116,6 +120,9 @@ def load_model(path: str | os.PathLike, threads: int = 1,
     if missing:
         raise ModelError(f"{where}: not a netsensor model, metadata lacks "
                          f"{', '.join(META_PREFIX + k for k in missing)}")
+    kind = meta.get(META_PREFIX + "kind", "classifier")
+    if kind not in KINDS:
+        raise ModelError(f"{where}: unknown model kind {kind!r} (expected one of {KINDS})")
     spec = meta[META_PREFIX + "feature_spec"]
     if spec != features.FEATURE_SPEC:
         raise ModelError(f"{where}: trained for feature spec {spec!r}, this sensor computes "
@@ -128,7 +135,15 @@ def load_model(path: str | os.PathLike, threads: int = 1,
             or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes)):
         raise ModelError(f"{where}: classes must be a list starting with 'benign', "
                          f"got {classes!r}")
-    if not isinstance(thresholds, dict) or set(thresholds) != set(classes[1:]) or not all(
+    if kind == "baseline":
+        if classes != ["benign", "anomalous"] or not isinstance(thresholds, dict) or set(
+                thresholds) != {"anomalous"} or not isinstance(thresholds["anomalous"],
+                                                              int | float) \
+                or not 0 < thresholds["anomalous"] < float("inf"):
+            raise ModelError(f"{where}: a baseline needs classes ['benign', 'anomalous'] and "
+                             f"a positive 'anomalous' threshold, got {classes!r}, "
+                             f"{thresholds!r}")
+    elif not isinstance(thresholds, dict) or set(thresholds) != set(classes[1:]) or not all(
             isinstance(v, int | float) and 0 < v <= 1 for v in thresholds.values()):
         raise ModelError(f"{where}: thresholds must give each attack class a value in (0, 1], "
                          f"got {thresholds!r}")
@@ -153,14 +168,18 @@ def load_model(path: str | os.PathLike, threads: int = 1,
             raise ModelError(f"{where}: metadata declares input '{name}' as "
                              f"{declared.get(name)}, the graph has {shape}")
     outs = sess.get_outputs()
-    if len(outs) != 1 or len(outs[0].shape) != 2 or outs[0].shape[1] != len(classes):
+    if kind == "baseline":
+        if len(outs) != 2 or len(outs[0].shape) != 1 or len(outs[1].shape) != 2:
+            raise ModelError(f"{where}: a baseline outputs score [batch] and packet_error "
+                             f"[batch, packets], this graph has {[o.shape for o in outs]}")
+    elif len(outs) != 1 or len(outs[0].shape) != 2 or outs[0].shape[1] != len(classes):
         raise ModelError(f"{where}: output shape {[o.shape for o in outs]} does not match "
                          f"{len(classes)} classes")
     contract = ModelContract(
         name=meta[META_PREFIX + "model_name"], version=meta[META_PREFIX + "model_version"],
         feature_spec=spec, classes=tuple(classes),
         thresholds={k: float(v) for k, v in thresholds.items()},
-        packets=n, bytes=m, seconds=secs, meta=meta)
+        packets=n, bytes=m, seconds=secs, meta=meta, kind=kind)
     if window is not None:
         check_window(contract, window, where)
     return sess, contract
@@ -183,36 +202,56 @@ def check_window(contract: ModelContract, window: WindowConfig, where: str = "mo
 class AlertAggregator:
     """One alert per (source, class) per period; windows in between are counted, not logged.
 
-    The first window over threshold for a key raises an alert at once (count 1). Further
-    windows within `period_us` of that alert are suppressed and counted; the next window after
-    the period raises the next alert, whose count covers itself plus every window suppressed
-    since the previous alert. So a 10,000-port scan lasting two minutes gives about three
-    alerts, the later ones saying how many windows they stand for.
+    Evidence first: a key raises its first alert once `min_windows` of its windows crossed
+    the threshold within one period (attacks are many windows: a scan probes many ports, a
+    flood or an upload fills many windows; a lone odd benign packet is one window). With
+    min_windows 1 the first window over threshold alerts at once. Further windows within
+    `period_us` of that alert are suppressed and counted; the next window after the period
+    raises the next alert, whose count covers itself plus every window suppressed since the
+    previous alert. So a 10,000-port scan lasting two minutes gives about three alerts, the
+    later ones saying how many windows they stand for.
     """
 
-    def __init__(self, period_us: int, max_keys: int = 65536):
+    def __init__(self, period_us: int, max_keys: int = 65536, min_windows: int = 1):
         self.period_us = int(period_us)
         self.max_keys = max_keys
-        self.state: dict[tuple, list[int]] = {}  # key -> [last alert ts, suppressed since]
+        self.min_windows = max(1, int(min_windows))
+        # key -> [last alert ts (or None), suppressed since, first pending ts, pending count]
+        self.state: dict[tuple, list] = {}
 
     def offer(self, key: tuple, ts_us: int) -> int | None:
         """Count to report when this window raises an alert, None when it is suppressed."""
         st = self.state.get(key)
-        if st is None or ts_us - st[0] >= self.period_us or self.period_us <= 0:
-            count = 1 + (st[1] if st is not None else 0)
-            if st is None and len(self.state) >= self.max_keys:
+        if st is None:
+            if len(self.state) >= self.max_keys:
                 self._prune(ts_us)
-            self.state[key] = [ts_us, 0]
-            return count
-        st[1] += 1
-        return None
+            st = self.state[key] = [None, 0, ts_us, 0]
+        if st[0] is not None and ts_us - st[0] < self.period_us and self.period_us > 0:
+            st[1] += 1
+            return None
+        if st[3] and ts_us - st[2] >= self.period_us:  # stale evidence: start again
+            st[3] = 0
+        if not st[3]:
+            st[2] = ts_us
+        st[3] += 1
+        if st[3] < self.min_windows:
+            return None
+        count = st[1] + st[3]
+        st[0], st[1], st[3] = ts_us, 0, 0
+        return count
 
     def _prune(self, now_us: int) -> None:
-        old = [k for k, (t, n) in self.state.items() if now_us - t >= self.period_us and not n]
-        for k in old[: max(1, len(old))]:
+        def idle(st: list) -> bool:
+            last = st[0] if st[0] is not None else st[2]
+            return now_us - last >= self.period_us and not st[1]
+
+        for k in [k for k, st in self.state.items() if idle(st)]:
             del self.state[k]
         if len(self.state) >= self.max_keys:  # still full: forget the oldest quarter
-            for k in sorted(self.state, key=lambda k: self.state[k][0])[: self.max_keys // 4]:
+            def age(k):
+                st = self.state[k]
+                return st[0] if st[0] is not None else st[2]
+            for k in sorted(self.state, key=age)[: self.max_keys // 4]:
                 del self.state[k]
 
 
@@ -234,32 +273,125 @@ def _concat(batches: list[WindowBatch]) -> WindowBatch:
         flow={k: cat([b.flow[k] for b in batches]) for k in FLOW_FIELDS})
 
 
+# -- explanation by occlusion ------------------------------------------------------------------
+
+# sequence columns per feature group (sensor.features.SEQ_FEATURES)
+SEQ_GROUPS = {
+    "timing": ("log_iat", "log_t"),
+    "sizes": ("log_size", "log_payload"),
+    "tcp_flags": ("fin", "syn", "rst", "psh", "ack", "urg", "ece", "cwr"),
+    "tcp_window": ("tcp_win",),
+    "direction": ("to_server",),
+    "protocol": ("tcp", "udp", "icmp", "other_proto"),
+}
+BYTE_GROUPS = ("ip_header", "transport_header", "payload")
+
+
+def byte_groups(image: np.ndarray) -> np.ndarray:
+    """int8 [P, M]: 0 IP header, 1 transport header, 2 payload (beyond both), per byte of
+    each packet's feature-image row (host fields are zero but lengths and protocol remain)."""
+    d = np.rint(image * 255.0).astype(np.int32)
+    p, m = d.shape
+    ver = d[:, 0] >> 4
+    l4 = np.where(ver == 6, 40, (d[:, 0] & 0x0F) * 4)
+    proto = np.where(ver == 6, d[:, 6] if m > 6 else 0, d[:, 9] if m > 9 else 0)
+    doff_at = np.minimum(l4 + 12, m - 1)
+    tcp_len = (d[np.arange(p), doff_at] >> 4) * 4
+    l4_len = np.where(proto == 6, np.maximum(tcp_len, 20), 8)
+    pos = np.arange(m)[None, :]
+    out = np.full((p, m), 2, np.int8)
+    out[pos < (l4 + l4_len)[:, None]] = 1
+    out[pos < l4[:, None]] = 0
+    return out
+
+
+def explain_window(score_fn, image: np.ndarray, seq: np.ndarray, top: int = 3
+                   ) -> dict[str, list[str]]:
+    """Which packets and feature groups made this window score high, by occlusion.
+
+    `image` [P, M] and `seq` [P, F] are one window trimmed to its packets; `score_fn` maps a
+    batch of such windows to the score being explained (a class probability or the anomaly
+    score). Each variant blanks one packet (bytes and features, the packet stays in place) or
+    one feature group in every packet; the drop in score is that part's contribution. All
+    variants go to onnxruntime in one call, once per raised alert (not per window)."""
+    p = image.shape[0]
+    groups = byte_groups(image)
+    cols = {g: [features.SEQ_FEATURES.index(c) for c in cs] for g, cs in SEQ_GROUPS.items()}
+    names = [f"packet {i + 1}" for i in range(p)] + list(BYTE_GROUPS) + list(SEQ_GROUPS)
+    v = len(names) + 1
+    imgs = np.repeat(image[None], v, axis=0)
+    seqs = np.repeat(seq[None], v, axis=0)
+    for i in range(p):
+        imgs[1 + i, i] = 0.0
+        seqs[1 + i, i, 1:] = 0.0  # the packet stays counted (valid) but says nothing
+    for k, _g in enumerate(BYTE_GROUPS):
+        imgs[1 + p + k][groups == k] = 0.0
+    for k, g in enumerate(SEQ_GROUPS):
+        seqs[1 + p + len(BYTE_GROUPS) + k][:, cols[g]] = 0.0
+    scores = np.asarray(score_fn(imgs, seqs), dtype=np.float64)
+    drop = scores[0] - scores[1:]
+    pk = np.argsort(-drop[:p], kind="stable")[:top]
+    fg = p + np.argsort(-drop[p:], kind="stable")[:top]
+    return {
+        "explain_packets": [f"{int(i) + 1}:{drop[i]:+.3f}" for i in pk if drop[i] > 0]
+        or ["none"],
+        "explain_features": [f"{names[i]}:{drop[i]:+.3f}" for i in fg if drop[i] > 0]
+        or ["none"],
+    }
+
+
+@dataclass
+class Baseline:
+    """A loaded site baseline: session, contract, threshold, position (sid offset)."""
+
+    sess: Any
+    contract: ModelContract
+    index: int
+
+    @property
+    def threshold(self) -> float:
+        return float(self.contract.thresholds["anomalous"])
+
+
 class ModelStage:
-    """Windows -> features -> onnxruntime -> per-flow verdicts and aggregated alerts."""
+    """Windows -> features -> onnxruntime -> per-flow verdicts and aggregated alerts.
+
+    Scores each batch of closed windows with the classifier and with every site baseline
+    (`model.baselines`); both kinds raise aggregated alerts, explained by occlusion."""
 
     COLS = {"ml_score": (np.float32, -1.0), "ml_class": (np.int16, 0),
-            "ml_windows": (np.int32, 0), "ml_over": (np.bool_, False)}
+            "ml_windows": (np.int32, 0), "ml_over": (np.bool_, False),
+            "ml_anomaly": (np.float32, -1.0), "ml_anomaly_ratio": (np.float32, -1.0)}
 
     def __init__(self, cfg: Config, session: Any, contract: ModelContract,
-                 batch_size: int = 512):
+                 batch_size: int = 512, baselines: list[Baseline] | None = None):
         self.cfg = cfg
         self.sess = session
         self.contract = contract
+        self.baselines = list(baselines or [])
         self.batch_size = max(1, batch_size)
         wcfg = dataclasses.replace(cfg.windows, enabled=True)
         check_window(contract, wcfg)
+        for b in self.baselines:
+            check_window(b.contract, wcfg, f"baseline {b.contract.name}")
         self.windows = WindowStage(wcfg, self._collect)
         self.collected: list[WindowBatch] = []
         self.classes = contract.classes
         self.thr = np.array([2.0] + [contract.thresholds[c] for c in self.classes[1:]],
                             dtype=np.float32)  # benign never alerts
-        self.agg = AlertAggregator(int(cfg.model.aggregate_seconds * 1_000_000))
+        self.agg = AlertAggregator(int(cfg.model.aggregate_seconds * 1_000_000),
+                                   min_windows=cfg.model.min_windows)
+        self.explain = cfg.model.explain
         self.table: FlowTable | None = None
         self.cid = cfg.outputs.eve.community_id
         self.cid_seed = cfg.outputs.eve.community_id_seed
         self.stats = {"ml.windows_scored": 0, "ml.batches": 0, "ml.windows_over_threshold": 0,
                       "ml.alerts": 0, "ml.alerts_aggregated": 0}
+        if self.baselines:
+            self.stats.update({"ml.baseline_windows_over_threshold": 0,
+                               "ml.baseline_alerts": 0, "ml.baseline_alerts_aggregated": 0})
         self.last_scores: np.ndarray | None = None  # probabilities of the last scored batch
+        self.last_anomaly: list[np.ndarray] = []  # per baseline, scores of the last batch
 
     # -- stage hooks ---------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
@@ -286,12 +418,18 @@ class ModelStage:
             score = float(cols["ml_score"][i])
             cls = self.classes[int(cols["ml_class"][i])] if cols["ml_over"][i] else "benign"
             meta = ev.setdefault("metadata", {})
-            meta.setdefault("flowints", {}).update({
-                "ml_score_permille": int(round(score * 1000)),
-                "ml_windows": int(cols["ml_windows"][i])})
+            ints = {"ml_score_permille": int(round(score * 1000)),
+                    "ml_windows": int(cols["ml_windows"][i])}
             fv = meta.setdefault("flowvars", [])
             fv.append({"key": "ml_class", "value": cls})
             fv.append({"key": "ml_score", "value": f"{score:.3f}"})
+            if self.baselines and cols["ml_anomaly_ratio"][i] >= 0:
+                # 1000 = at the baseline's threshold; the highest over all baselines
+                ints["ml_anomaly_permille"] = int(round(float(cols["ml_anomaly_ratio"][i])
+                                                        * 1000))
+                fv.append({"key": "ml_anomaly_score",
+                           "value": f"{float(cols['ml_anomaly'][i]):.3f}"})
+            meta.setdefault("flowints", {}).update(ints)
         return extra
 
     # -- internals -----------------------------------------------------------------------------
@@ -307,11 +445,14 @@ class ModelStage:
         self.collected.append(wb)
         return []
 
-    def predict(self, image: np.ndarray, seq: np.ndarray, n_packets: np.ndarray) -> np.ndarray:
-        """Class probabilities [B, C]. Windows are scored shortest first in chunks of at most
-        batch_size, each chunk trimmed to its longest window (padding past a window's last
-        packet does not change its output, and most windows hold a few packets)."""
-        probs = np.zeros((len(image), len(self.classes)), np.float32)
+    def _run(self, sess: Any, image: np.ndarray, seq: np.ndarray, n_packets: np.ndarray,
+             width: int) -> np.ndarray:
+        """First output of `sess` for every window. Windows are scored shortest first in
+        chunks of at most batch_size, each chunk trimmed to its longest window (padding past a
+        window's last packet does not change its output, and most windows hold a few
+        packets)."""
+        out = np.zeros((len(image), width), np.float32) if width else np.zeros(len(image),
+                                                                               np.float32)
         order = np.argsort(n_packets, kind="stable")
         counts = np.maximum(n_packets[order], 1)
         lo = 0
@@ -319,10 +460,19 @@ class ModelStage:
             hi = min(len(order), lo + self.batch_size)
             length = int(min(image.shape[1], counts[hi - 1]))
             idx = order[lo:hi]
-            probs[idx] = predict_session(self.sess, image[idx, :length], seq[idx, :length])
+            out[idx] = predict_session(sess, image[idx, :length], seq[idx, :length])
             self.stats["ml.batches"] += 1
             lo = hi
-        return probs
+        return out
+
+    def predict(self, image: np.ndarray, seq: np.ndarray, n_packets: np.ndarray) -> np.ndarray:
+        """Class probabilities [B, C] of the classifier."""
+        return self._run(self.sess, image, seq, n_packets, len(self.classes))
+
+    def predict_baseline(self, b: Baseline, image: np.ndarray, seq: np.ndarray,
+                         n_packets: np.ndarray) -> np.ndarray:
+        """Anomaly scores [B] of one baseline."""
+        return self._run(b.sess, image, seq, n_packets, 0)
 
     def _score(self, ended: EndedFlows | None) -> list[str]:
         if not self.collected:
@@ -368,8 +518,61 @@ class ModelStage:
             self.stats["ml.alerts"] += 1
             if rows[j] >= 0:
                 cols["alerted"][rows[j]] = True
-            lines.append(self._alert(wb, j, cls, float(alert_score[j]), count, int(fid[j])))
+            c = self.contract
+            category, severity = CLASS_CATEGORY.get(cls, ("Misc activity", 3))
+            meta = {"model": [c.name], "model_version": [c.version], "class": [cls],
+                    "score": [f"{float(alert_score[j]):.3f}"],
+                    "threshold": [f"{c.thresholds[cls]:.3f}"]}
+            if self.explain:
+                k = int(alert_cls[j])
+                meta.update(self._explain(
+                    lambda im, sq, k=k: predict_session(self.sess, im, sq)[:, k], img, seq,
+                    wb.n_packets, j))
+            lines.append(self._alert(wb, j, f"NETSENSOR ML {cls} pattern", c.sid(cls),
+                                     category, severity, meta, count, int(fid[j])))
+        self.last_anomaly = []
+        for b in self.baselines:
+            lines += self._score_baseline(b, wb, img, seq, rows, cols)
         return lines
+
+    def _score_baseline(self, b: Baseline, wb: WindowBatch, img: np.ndarray, seq: np.ndarray,
+                        rows: np.ndarray, cols: dict) -> list[str]:
+        s = self.predict_baseline(b, img, seq, wb.n_packets)
+        self.last_anomaly.append(s)
+        ratio = s / np.float32(b.threshold)
+        for j in np.flatnonzero(rows >= 0).tolist():
+            r = rows[j]
+            if ratio[j] > cols["ml_anomaly_ratio"][r]:
+                cols["ml_anomaly_ratio"][r] = ratio[j]
+                cols["ml_anomaly"][r] = s[j]
+        hits = np.flatnonzero(ratio > 1.0)
+        self.stats["ml.baseline_windows_over_threshold"] += len(hits)
+        lines = []
+        c = b.contract
+        for j in hits[np.argsort(wb.end_us[hits], kind="stable")].tolist():
+            src = (int(wb.flow["ipver"][j]), int(wb.flow["cli_hi"][j]), int(wb.flow["cli_lo"][j]))
+            count = self.agg.offer((src, f"baseline:{b.index}"), int(wb.end_us[j]))
+            if count is None:
+                self.stats["ml.baseline_alerts_aggregated"] += 1
+                continue
+            self.stats["ml.baseline_alerts"] += 1
+            if rows[j] >= 0:
+                cols["alerted"][rows[j]] = True
+            meta = {"model": [c.name], "model_version": [c.version], "class": ["anomalous"],
+                    "score": [f"{float(s[j]):.3f}"], "threshold": [f"{b.threshold:.3f}"],
+                    "over_threshold": [f"{float(ratio[j]):.2f}x"]}
+            if self.explain:
+                meta.update(self._explain(lambda im, sq: predict_session(b.sess, im, sq),
+                                          img, seq, wb.n_packets, j))
+            lines.append(self._alert(wb, j, BASELINE_SIGNATURE, BASELINE_SID + b.index,
+                                     "Potentially Bad Traffic", 2, meta, count,
+                                     int(wb.flow["flow_id"][j])))
+        return lines
+
+    def _explain(self, score_fn, img: np.ndarray, seq: np.ndarray, n_packets: np.ndarray,
+                 j: int) -> dict[str, list[str]]:
+        n = max(1, int(min(n_packets[j], img.shape[1])))
+        return explain_window(score_fn, img[j, :n], seq[j, :n])
 
     def _flow_rows(self, wb: WindowBatch, ended: EndedFlows | None) -> tuple[np.ndarray, dict]:
         """Row of each window's flow in the live table (or in `ended`'s snapshot); -1 if gone."""
@@ -391,8 +594,8 @@ class ModelStage:
         ok &= cols["flow_id"][np.minimum(slot, len(cols["flow_id"]) - 1)] == fid
         return np.where(ok, slot, -1), cols
 
-    def _alert(self, wb: WindowBatch, j: int, cls: str, score: float, count: int,
-               flow_id: int) -> str:
+    def _alert(self, wb: WindowBatch, j: int, signature: str, sid: int, category: str,
+               severity: int, metadata: dict[str, list[str]], count: int, flow_id: int) -> str:
         f = {k: int(wb.flow[k][j]) for k in FLOW_FIELDS}
         proto = f["proto"]
         ev: dict[str, Any] = {"timestamp": fmt_ts(int(wb.end_us[j])), "flow_id": flow_id,
@@ -422,19 +625,14 @@ class ModelStage:
                 ip_bytes(f["ipver"], f["cli_hi"], f["cli_lo"]),
                 ip_bytes(f["ipver"], f["srv_hi"], f["srv_lo"]), proto, sport, dport,
                 self.cid_seed)
-        category, severity = CLASS_CATEGORY.get(cls, ("Misc activity", 3))
-        c = self.contract
+        meta = dict(metadata)
+        meta.update({"window_start": [fmt_ts(int(wb.start_us[j]))],
+                     "window_packets": [str(int(wb.n_packets[j]))],
+                     "window_count": [str(count)]})
         ev["alert"] = {
-            "action": "allowed", "gid": GID, "signature_id": c.sid(cls), "rev": 1,
-            "signature": f"NETSENSOR ML {cls} pattern", "category": category,
-            "severity": severity,
-            "metadata": {
-                "model": [c.name], "model_version": [c.version], "class": [cls],
-                "score": [f"{score:.3f}"], "threshold": [f"{c.thresholds[cls]:.3f}"],
-                "window_start": [fmt_ts(int(wb.start_us[j]))],
-                "window_packets": [str(int(wb.n_packets[j]))],
-                "window_count": [str(count)],
-            },
+            "action": "allowed", "gid": GID, "signature_id": sid, "rev": 1,
+            "signature": signature, "category": category, "severity": severity,
+            "metadata": meta,
         }
         ev["direction"] = "to_server"
         return dumps(ev)
@@ -443,12 +641,24 @@ class ModelStage:
 def build_model_stage(cfg: Config) -> ModelStage | None:
     """The model stage the config asks for, or None when `model.enabled` is false.
 
-    Raises ModelError (one line, naming the file and what differs) when the model cannot be
-    used: missing or corrupt file, another feature spec, other input shapes or windows.
+    Raises ModelError (one line, naming the file and what differs) when the classifier or a
+    baseline cannot be used: missing or corrupt file, another feature spec, other input
+    shapes or windows, or a baseline given as the classifier (or the reverse).
     """
     mc = cfg.model
     if not mc.enabled:
         return None
     path = mc.path or str(DEFAULT_MODEL)
-    sess, contract = load_model(path, mc.threads, dataclasses.replace(cfg.windows, enabled=True))
-    return ModelStage(cfg, sess, contract, batch_size=mc.batch_size)
+    wcfg = dataclasses.replace(cfg.windows, enabled=True)
+    sess, contract = load_model(path, mc.threads, wcfg)
+    if contract.kind != "classifier":
+        raise ModelError(f"model {path}: is a site baseline; list it under model.baselines "
+                         "(model.path takes the classifier)")
+    baselines = []
+    for i, bpath in enumerate(mc.baselines):
+        bsess, bcontract = load_model(bpath, mc.threads, wcfg)
+        if bcontract.kind != "baseline":
+            raise ModelError(f"model {bpath}: model.baselines[{i}] is a {bcontract.kind}, not a "
+                             "site baseline (make one with `netsensor learn`)")
+        baselines.append(Baseline(bsess, bcontract, i))
+    return ModelStage(cfg, sess, contract, batch_size=mc.batch_size, baselines=baselines)

@@ -12,6 +12,8 @@ import collections
 import contextlib
 import datetime
 import errno
+import io
+import itertools
 import json
 import logging
 import os
@@ -26,45 +28,132 @@ class SinkError(Exception):
 
 
 class EveFileSink:
-    """Append-mode EVE file; whole lines only, flushed after every batch."""
+    """Append-mode EVE file that only ever holds whole lines.
 
-    def __init__(self, path: str):
+    Lines collect in memory and go out in one os.write() per flush (after every batch).
+    A write that fails part way (disk full, I/O error) is cut back to the last whole line
+    with ftruncate, and its lines stay held and are written by the next flush, so writing
+    resumes by itself when space returns. What is held is bounded by `max_pending_bytes`;
+    lines beyond it are dropped and counted in `dropped`. Every failure raises SinkError
+    for the caller to report.
+    """
+
+    FLUSH_AT = 1 << 20  # bytes collected before write() flushes on its own
+    CHUNK = 64 << 10  # bytes per os.write(): a full disk takes what fits, in whole lines
+
+    def __init__(self, path: str, max_pending_bytes: int = 64 << 20):
         self.path = path
-        self.lines = 0
-        self._f = None
+        self.max_pending_bytes = max_pending_bytes
+        self.lines = 0  # lines written to the file
+        self.dropped = 0  # lines given up because the file could not take them
+        self._pending: list[str] = []
+        self._pending_bytes = 0
+        self._f: io.FileIO | None = None
         self.reopen()
 
+    @property
+    def pending(self) -> int:
+        """Lines held in memory, not yet in the file."""
+        return len(self._pending)
+
     def reopen(self) -> None:
+        """Open the path again (SIGHUP after a rotation); held lines go to the new file."""
         if self._f is not None:
-            self._f.close()
+            with contextlib.suppress(SinkError):
+                self.flush()
+            with contextlib.suppress(OSError):
+                self._f.close()
+            self._f = None
         try:
             parent = os.path.dirname(self.path)
             if parent:
                 os.makedirs(parent, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8", buffering=1 << 20)  # noqa: SIM115
+            self._f = open(self.path, "ab", buffering=0)  # noqa: SIM115
         except OSError as exc:
             raise SinkError(f"{self.path}: cannot open for writing: {exc.strerror}") from None
 
     def write(self, lines: list[str]) -> None:
         if not lines:
             return
-        try:
-            self._f.write("\n".join(lines))
-            self._f.write("\n")
-        except OSError as exc:
-            raise SinkError(f"{self.path}: write failed: {exc.strerror}") from None
-        self.lines += len(lines)
+        self._pending.extend(lines)
+        self._pending_bytes += sum(len(x) for x in lines) + len(lines)
+        if self._pending_bytes >= self.FLUSH_AT:
+            self.flush()
 
     def flush(self) -> None:
+        """Write the held lines in chunks of whole lines; a chunk that fails is undone."""
+        done = 0
         try:
-            self._f.flush()
-        except OSError as exc:
-            raise SinkError(f"{self.path}: write failed: {exc.strerror}") from None
+            if self._f is None:
+                raise ValueError("file is closed")
+            fd = self._f.fileno()
+            while done < len(self._pending):
+                chunk, size = [], 0
+                for line in itertools.islice(self._pending, done, None):
+                    chunk.append(line)
+                    size += len(line) + 1
+                    if size >= self.CHUNK:
+                        break
+                self._write_whole(fd, ("\n".join(chunk) + "\n").encode("utf-8",
+                                                                       "surrogateescape"))
+                done += len(chunk)
+                self._pending_bytes -= size
+        except (OSError, ValueError) as exc:
+            self._settle(done)
+            self._bound()
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SinkError(f"{self.path}: write failed: {why}; events are held (up to "
+                            f"{self.max_pending_bytes} bytes) and written when it works "
+                            f"again") from None
+        self._settle(done)
+
+    def _settle(self, done: int) -> None:
+        self.lines += done
+        del self._pending[:done]
+        if not self._pending:
+            self._pending_bytes = 0
+
+    @staticmethod
+    def _write_whole(fd: int, data: bytes) -> None:
+        """All of `data`, or nothing: a partial write is cut back (ftruncate)."""
+        start = os.fstat(fd).st_size
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)  # no half line stays behind
+            raise
+
+    def _bound(self) -> None:
+        """Keep the oldest held lines within max_pending_bytes; count the rest as dropped."""
+        if self._pending_bytes <= self.max_pending_bytes:
+            return
+        kept, size = 0, 0
+        for line in self._pending:
+            if size + len(line) + 1 > self.max_pending_bytes:
+                break
+            size += len(line) + 1
+            kept += 1
+        self.dropped += len(self._pending) - kept
+        del self._pending[kept:]
+        self._pending_bytes = size
 
     def close(self) -> None:
-        if self._f is not None:
+        """Write what is held (a failure raises SinkError; the held lines count as dropped)."""
+        if self._f is None:
+            return
+        try:
             self.flush()
-            self._f.close()
+        except SinkError:
+            self.dropped += len(self._pending)
+            self._pending = []
+            self._pending_bytes = 0
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                self._f.close()
             self._f = None
 
 
@@ -313,12 +402,16 @@ class SyslogSink(QueuedSink):
     """EVE lines as syslog messages over a unix datagram socket or UDP.
 
     RFC 5424: `<PRI>1 TIMESTAMP HOST APP PROCID - - MSG`; RFC 3164 (BSD):
-    `<PRI>Mmm dd hh:mm:ss HOST APP[PID]: MSG`. One event per message.
+    `<PRI>Mmm dd hh:mm:ss HOST APP[PID]: MSG`, without HOST on a local socket, as
+    syslog(3) sends it: rsyslog's stock /dev/log input and journald take the word after
+    the timestamp as the program name. One event per message. The default is RFC 3164,
+    which every receiver parses; RFC 5424 suits network receivers (rsyslog's imudp,
+    syslog-ng's syslog()), not a stock /dev/log.
     """
 
     kind = "syslog"
 
-    def __init__(self, address: str = "/dev/log", fmt: str = "rfc5424",
+    def __init__(self, address: str = "/dev/log", fmt: str = "rfc3164",
                  facility: str = "local5", level: str = "info", ident: str = "netsensor",
                  queue: int = 65536):
         super().__init__(f"syslog:{address}", queue)
@@ -359,7 +452,8 @@ class SyslogSink(QueuedSink):
             ts = time.strftime("%b %d %H:%M:%S", time.localtime(now))
             if ts[4] == "0":
                 ts = ts[:4] + " " + ts[5:]
-            head = f"<{self.pri}>{ts} {self.host} {self.ident}[{self.pid}]: "
+            host = "" if self.family == socket.AF_UNIX else f"{self.host} "
+            head = f"<{self.pri}>{ts} {host}{self.ident}[{self.pid}]: "
         return (head + line).encode()
 
     def _connect(self) -> None:
@@ -512,8 +606,9 @@ class RedisSink(QueuedSink):
 class MultiSink:
     """Every configured output at once, behind EveFileSink's API.
 
-    A file that cannot be written (disk full) is logged and its lines counted as dropped;
-    the daemon keeps capturing and the other outputs keep receiving.
+    A file that cannot be written (disk full) is logged once; the file sink holds its lines
+    (bounded) and writes them when the disk has room again, which is logged too. The
+    daemon keeps capturing and the other outputs keep receiving.
     """
 
     def __init__(self, sinks: list[EveFileSink | QueuedSink]):
@@ -543,7 +638,6 @@ class MultiSink:
             if isinstance(s, EveFileSink):
                 try:
                     s.reopen()
-                    self._file_error = None
                 except SinkError as exc:
                     log.error("%s", exc)
             else:
@@ -561,18 +655,29 @@ class MultiSink:
             fn(lines) if lines is not None else fn()
         except (SinkError, ValueError, AttributeError) as exc:
             # ValueError/AttributeError: the file was closed by a failed reopen
-            if lines:
+            if lines and not isinstance(exc, SinkError):
                 self.file_dropped += len(lines)
-            msg = str(exc)
+            msg = str(exc) if isinstance(exc, SinkError) else f"{sink.path}: {exc}"
             if msg != self._file_error:
-                log.error("%s: %s", sink.path, msg)
+                log.error("%s", msg)
                 self._file_error = msg
+        else:
+            if self._file_error is not None and lines is None and not sink.pending:
+                log.warning("%s: writing again; %d event(s) were dropped while it failed",
+                            sink.path, sink.dropped)
+                self._file_error = None
 
     def counters(self) -> dict[str, int]:
         """Output counters for stats events, under capture.* (the schema leaves it open)."""
         out: dict[str, int] = {}
         total = self.file_dropped
         for s in self.sinks:
+            if isinstance(s, EveFileSink):
+                total += s.dropped
+                out["capture.output.file.dropped"] = \
+                    out.get("capture.output.file.dropped", 0) + s.dropped
+                out["capture.output.file.held"] = \
+                    out.get("capture.output.file.held", 0) + s.pending
             if isinstance(s, QueuedSink):
                 c = s.counters()
                 total += c["dropped"]

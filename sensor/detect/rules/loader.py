@@ -7,10 +7,12 @@ way Suricata keeps going and logs the signature it could not parse.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...config import refuse_world_writable
 from .errors import RuleError, RuleSyntaxError
 from .parser import Rule, RuleParser, guess_sid, iter_raw_rules
 from .rulevars import RuleVars
@@ -46,6 +48,9 @@ def load_rules(paths: Iterable[str | os.PathLike[str]],
         name = os.fspath(p)
         try:
             with open(name, encoding="utf-8", errors="surrogateescape") as fh:
+                if os.fstat(fh.fileno()).st_mode & stat.S_IWOTH:
+                    rs.file_errors.append(refuse_world_writable(name, "rule"))
+                    continue
                 lines = fh.read().splitlines()
         except OSError as e:
             rs.file_errors.append(f"{name}: cannot read rule file: {e.strerror or e}")

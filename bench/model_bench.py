@@ -1,0 +1,137 @@
+"""Model cost: windows/s scored by onnxruntime, and replay packets/s with the model off vs on.
+
+    .venv/bin/python bench/model_bench.py [--pcap bench/data/mixed.pcap] [--repeat 3]
+        [--baseline models/site-baseline.onnx] [--json OUT]
+
+1. Scoring: every window of the capture is cut by the sensor's own Pipeline + WindowStage,
+   then timed separately: feature extraction (`sensor.features.extract`) and scoring
+   (`ModelStage.predict`: batches of 512, shortest windows first, trimmed padding), one
+   onnxruntime thread, as the sensor runs it.
+2. Replay: `netsensor replay` as a subprocess (what a user runs), best of --repeat wall times,
+   with the built-in config (model off) and with `windows` + `model` enabled (plus the site
+   baseline when --baseline is given). Slowdown = 1 - pps(on) / pps(off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sensor import features  # noqa: E402
+from sensor.capture.pcap import PcapSource  # noqa: E402
+from sensor.config import Config, ModelConfig  # noqa: E402
+from sensor.detect.model import build_model_stage  # noqa: E402
+from sensor.pipeline import Pipeline  # noqa: E402
+from sensor.windows import WindowStage  # noqa: E402
+
+
+def collect(pcap: str, cfg: Config) -> tuple[list, int]:
+    """All closed windows of `pcap` (WindowBatch list) and the packet count."""
+    got: list = []
+    stage = WindowStage(cfg.windows, lambda wb: got.append(wb) or [])
+    pipe = Pipeline(cfg, None, [stage], flow_seed=1)
+    packets = 0
+    for b in PcapSource(pcap, batch_size=65536).batches():
+        packets += len(b)
+        pipe.process(b)
+    pipe.finish()
+    stage.finish()
+    return got, packets
+
+
+def scoring(pcap: str, baseline: str | None) -> dict:
+    cfg = dataclasses.replace(Config(), windows=dataclasses.replace(Config().windows,
+                                                                     enabled=True),
+                              model=ModelConfig(enabled=True,
+                                                baselines=(baseline,) if baseline else ()))
+    stage = build_model_stage(cfg)
+    wbs, packets = collect(pcap, cfg)
+    t0 = time.perf_counter()
+    feats = [features.extract(wb, stage.contract.packets, stage.contract.bytes) for wb in wbs]
+    t_feat = time.perf_counter() - t0
+    n = sum(len(wb) for wb in wbs)
+    t0 = time.perf_counter()
+    for wb, (img, seq) in zip(wbs, feats, strict=True):
+        stage.predict(img, seq, wb.n_packets)
+    t_model = time.perf_counter() - t0
+    out = {"windows": n, "packets": packets, "feature_s": t_feat, "score_s": t_model,
+           "features_per_s": n / t_feat if t_feat else 0.0,
+           "windows_per_s": n / t_model if t_model else 0.0,
+           "mean_packets_per_window": float(np.mean([x for wb in wbs
+                                                     for x in wb.n_packets.tolist()]))}
+    if stage.baselines:
+        b = stage.baselines[0]
+        t0 = time.perf_counter()
+        for wb, (img, seq) in zip(wbs, feats, strict=True):
+            stage.predict_baseline(b, img, seq, wb.n_packets)
+        t_b = time.perf_counter() - t0
+        out["baseline_windows_per_s"] = n / t_b if t_b else 0.0
+    return out
+
+
+def replay(pcap: str, config: str | None, repeat: int) -> float:
+    """Best wall seconds of `netsensor replay` over `repeat` runs."""
+    best = float("inf")
+    exe = [sys.executable, "-m", "sensor.cli", "replay", pcap, "-q"]
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as d:
+            cmd = [*exe, "-l", d] + (["-c", config] if config else [])
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, cwd=REPO)
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    default = REPO / "bench" / "data" / "mixed.pcap"
+    ap.add_argument("--pcap", default=str(default if default.exists() else
+                                          REPO / "pcaps" / "sample.pcap"))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--baseline", default=None, help="also score with this site baseline")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    res = {"pcap": os.path.relpath(a.pcap, REPO), "cpu": os.cpu_count()}
+    res["scoring"] = scoring(a.pcap, a.baseline)
+    s = res["scoring"]
+    print(f"{res['pcap']}: {s['packets']} packets, {s['windows']} windows "
+          f"({s['mean_packets_per_window']:.1f} packets/window)")
+    print(f"features: {s['features_per_s']:,.0f} windows/s; classifier: "
+          f"{s['windows_per_s']:,.0f} windows/s (1 onnxruntime thread)"
+          + (f"; baseline: {s['baseline_windows_per_s']:,.0f} windows/s"
+             if "baseline_windows_per_s" in s else ""))
+    with tempfile.TemporaryDirectory() as d:
+        on = os.path.join(d, "on.yaml")
+        with open(on, "w", encoding="utf-8") as fh:
+            fh.write("windows:\n  enabled: true\nmodel:\n  enabled: true\n")
+            if a.baseline:
+                fh.write(f"  baselines: [{os.path.abspath(a.baseline)}]\n")
+        t_off = replay(a.pcap, None, a.repeat)
+        t_on = replay(a.pcap, on, a.repeat)
+    pk = s["packets"]
+    res["replay"] = {"off_s": t_off, "on_s": t_on, "off_pps": pk / t_off, "on_pps": pk / t_on,
+                     "slowdown": 1.0 - t_off / t_on}
+    r = res["replay"]
+    print(f"replay: model off {r['off_pps']:,.0f} packets/s ({t_off:.2f} s), model on "
+          f"{r['on_pps']:,.0f} packets/s ({t_on:.2f} s): {100 * r['slowdown']:.1f}% slower "
+          f"(best of {a.repeat})")
+    if a.json:
+        with open(a.json, "w", encoding="utf-8") as fh:
+            json.dump(res, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

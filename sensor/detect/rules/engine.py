@@ -1,0 +1,1117 @@
+"""The rule matching stage: loaded rules against every batch, EVE `alert` events out.
+
+Per batch (all numpy over the batch, no packet x rule loop in Python):
+  1. header tests (protocol, addresses, ports, `<>`) once per distinct rule header, then
+     flow and header keywords once per distinct keyword combination;
+  2. inspection buffers: packet payloads, plus TCP stream chunks (sensor.detect.rules.stream);
+  3. the prefilter (sensor.detect.rules.prefilter) finds which buffers hold which fast
+     patterns; only those (buffer, rule) pairs, and rules without a fast pattern on their
+     header matches, run the exact content/pcre evaluation;
+  4. matches are walked in packet order, rules in Suricata's order (pass, drop, reject,
+     alert; flowbit setters before readers; priority), applying flowbits, IP-only rules
+     (first packet of each flow direction), pass, suppress/threshold and the alert limit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...community_id import community_id
+from ...config import Config
+from ...decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, DecodedBatch
+from ...flow import EndedFlows, FlowTable
+from ...output.eve import dumps, fmt_ts, ip_bytes, ip_str, proto_name
+from .classification import ClassificationTable, load_classification
+from .content import Content
+from .iponly import split_indexable
+from .loader import RuleSet, load_rules
+from .parser import Rule
+from .payload import match_payload
+from .prefilter import Prefilter, fast_pattern
+from .stream import Session, flush, on_packet
+from .threshold_config import ThresholdConfig, load_threshold_config
+from .thresholding import Thresholds
+
+ACTION_ORDER = {"pass": 0, "drop": 1, "reject": 2, "alert": 3}
+PACKET_ALERT_MAX = 15  # Suricata's packet-alert-max default
+PORT_PROTOS = (6, 17, 132)
+ICMP_ECHO = {PROTO_ICMP: (0, 8, 13, 14, 15, 16, 17, 18), PROTO_ICMPV6: (128, 129)}
+DEFAULT_CLASSIFICATION = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
+    "rules", "classification.config")
+
+# per flow mode (FlowTable column rs_mode)
+MODE_UNSET, MODE_SESSION, MODE_MIDSTREAM, MODE_PACKET, MODE_IGNORED = 0, 1, 2, 3, 4
+UNIT_PACKET, UNIT_STREAM = 0, 1
+MIDSTREAM_POLICIES = ("ignore", "auto", "pass-flow", "bypass", "drop-flow", "drop-packet",
+                      "pass-packet", "reject")
+
+
+class RuleLoadError(Exception):
+    """A rule file cannot be read, or (on request) some rule was rejected."""
+
+
+@dataclass
+class CompiledRule:
+    """A rule plus what the engine precomputes for it."""
+
+    rule: Rule
+    order: int
+    prekey: int
+    has_payload: bool
+    req_packet: bool  # Suricata's SIG_FLAG_REQUIRE_PACKET: packet payload inspected
+    req_stream: bool  # SIG_FLAG_REQUIRE_STREAM: stream data inspected first
+    only_stream: bool  # SIG_FLAG_REQUIRE_STREAM_ONLY
+    iponly: bool
+    like_iponly: bool
+    signature: dict[str, Any]
+    metadata: dict[str, list[str]] | None
+    summary: str  # "[gid:sid:rev] msg", for the replay summary
+
+
+def _header_key(r: Rule) -> tuple:
+    any_ports = r.src_ports.literal_any and r.dst_ports.literal_any
+    return (r.proto, r.src, r.src_ports, r.dst, r.dst_ports, r.direction, any_ports)
+
+
+def _prekey(r: Rule) -> tuple:
+    return (_header_key(r), r.flow, r.dsize, r.ttl, r.itype, r.icode, r.icmp_id, r.icmp_seq,
+            r.ip_proto, r.ip_id, r.window, r.seq, r.ack, r.tos, r.sameip, r.flags, r.fragbits)
+
+
+def _is_iponly(r: Rule) -> bool:
+    """Suricata's SignatureIsIPOnly for our keyword subset."""
+    if r.payload or r.flow is not None:
+        return False
+    if any(fb.command in ("isset", "isnotset") for fb in r.flowbits):
+        return False
+    if not (r.src_ports.literal_any and r.dst_ports.literal_any):
+        return False
+    keywords = (r.dsize, r.ttl, r.itype, r.icode, r.icmp_id, r.icmp_seq, r.ip_proto,
+                r.ip_id, r.window, r.seq, r.ack, r.tos, r.flags, r.fragbits)
+    return all(k is None for k in keywords) and not r.sameip
+
+
+def _is_like_iponly(r: Rule) -> bool:
+    """IP-only but for its ports: Suricata applies a pass of such a rule to the flow."""
+    if r.src_ports.literal_any and r.dst_ports.literal_any:
+        return False
+    if r.payload or r.flow is not None:
+        return False
+    if any(fb.command in ("isset", "isnotset") for fb in r.flowbits):
+        return False
+    keywords = (r.dsize, r.ttl, r.itype, r.icode, r.icmp_id, r.icmp_seq, r.ip_proto,
+                r.ip_id, r.window, r.seq, r.ack, r.tos, r.flags, r.fragbits)
+    return all(k is None for k in keywords) and not r.sameip
+
+
+def _stream_flags(r: Rule) -> dict[str, bool]:
+    """Which buffers a payload rule inspects, as Suricata 7 decides it (SigValidate).
+
+    dsize and flow:no_stream require the packet; flow:only_stream the stream only. Other
+    payload rules that can see TCP (proto tcp or ip) inspect the stream and fall back to
+    the payload of packets that were not added to it; one with a depth or offset on any
+    content also inspects every packet's own payload.
+    """
+    fl = r.flow
+    req_packet = r.dsize is not None or (fl is not None and fl.stream == "no")
+    only = fl is not None and fl.stream == "only"
+    req_stream = only
+    if r.payload and not req_packet and not req_stream and r.proto in ("tcp", "ip"):
+        req_stream = True
+        req_packet = any(isinstance(c, Content) and (c.depth is not None or
+                                                      c.offset is not None)
+                         for c in r.payload)
+    return {"req_packet": req_packet, "req_stream": req_stream, "only_stream": only}
+
+
+def _fb_rank(r: Rule) -> int:
+    sets = any(fb.command in ("set", "unset", "toggle") for fb in r.flowbits)
+    reads = any(fb.command in ("isset", "isnotset") for fb in r.flowbits)
+    if sets and not reads:
+        return 0
+    if sets and reads:
+        return 1
+    if reads:
+        return 2
+    return 3
+
+
+def _metadata(r: Rule) -> dict[str, list[str]] | None:
+    if not r.metadata:
+        return None
+    out: dict[str, list[str]] = {}
+    for k, v in r.metadata:
+        out.setdefault(k, []).insert(0, v)  # Suricata 7.0.10 lists the last value first
+    return {k: out[k] for k in sorted(out)}
+
+
+@dataclass
+class View:
+    """Packets the rules look at: real packets of a batch, or flow-end pseudo packets."""
+
+    slot: np.ndarray
+    flow_id: np.ndarray
+    proto: np.ndarray
+    ipver: np.ndarray
+    src_hi: np.ndarray
+    src_lo: np.ndarray
+    dst_hi: np.ndarray
+    dst_lo: np.ndarray
+    sport: np.ndarray
+    dport: np.ndarray
+    to_server: np.ndarray
+    established: np.ndarray
+    first_dir: np.ndarray  # first packet of its flow in its direction (IP-only rules)
+    ts: np.ndarray
+    plen: np.ndarray
+    ttl: np.ndarray
+    tcp_flags: np.ndarray
+    tcp_seq: np.ndarray
+    tcp_ack: np.ndarray
+    tcp_win: np.ndarray
+    icmp_type: np.ndarray
+    icmp_code: np.ndarray
+    icmp_id: np.ndarray
+    icmp_seq: np.ndarray
+    ip_id: np.ndarray
+    tos: np.ndarray
+    frag_bits: np.ndarray
+    vlan0: np.ndarray
+    active: np.ndarray  # flow not ignored/passed
+    pcap_cnt: np.ndarray  # -1: none
+    pkt_src: str
+    outer: np.ndarray | None = None  # tunnelled packets: EVE `tunnel` object per packet
+
+    def __len__(self) -> int:
+        return len(self.slot)
+
+
+def _addr_mask(aset: Any, ipver: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    if aset.is_any:
+        return np.ones(len(ipver), dtype=bool)
+    out = np.zeros(len(ipver), dtype=bool)
+    v4 = ipver == 4
+    if v4.any():
+        out[v4] = aset.mask_v4(lo[v4].astype(np.uint32))
+    v6 = ipver == 6
+    if v6.any():
+        idx = np.flatnonzero(v6)
+        pairs = np.stack([hi[idx], lo[idx]], axis=1)
+        uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
+        got = np.array([aset.contains((int(h) << 64) | int(low), True) for h, low in uniq],
+                       dtype=bool)
+        out[idx] = got[inv.reshape(-1)]
+    return out
+
+
+def _has_tfo(data: np.ndarray, l4: int, payload_at: int) -> bool:
+    """Does the TCP header at l4 carry a Fast Open option (kind 34, or 254 + 0xf989)?"""
+    opts = data[l4 + 20:payload_at].tobytes()
+    i = 0
+    while i < len(opts):
+        kind = opts[i]
+        if kind == 0:
+            return False
+        if kind == 1:
+            i += 1
+            continue
+        if i + 1 >= len(opts) or opts[i + 1] < 2:
+            return False
+        if kind == 34 or (kind == 254 and opts[i + 2:i + 4] == b"\xf9\x89"):
+            return True  # RFC 7413, or the experimental option with its magic
+        i += opts[i + 1]
+    return False
+
+
+def _source_target(alert: dict[str, Any], target: str, ev: dict[str, Any]) -> None:
+    """`target:` adds alert.source and alert.target (Suricata: target is the packet's
+    source or destination, source the other end)."""
+    src = {"ip": ev["src_ip"]}
+    dst = {"ip": ev["dest_ip"]}
+    if "src_port" in ev:
+        src["port"], dst["port"] = ev["src_port"], ev["dest_port"]
+    alert["source"], alert["target"] = (dst, src) if target == "src_ip" else (src, dst)
+
+
+def _subview(v: View, idx: np.ndarray) -> View:
+    """The packets of `v` at positions `idx`."""
+    fields = {f: getattr(v, f) for f in v.__dataclass_fields__}
+    return View(**{f: (a if f == "pkt_src" or a is None else a[idx])
+                   for f, a in fields.items()})
+
+
+def _outer(batch: Any, idx: np.ndarray) -> np.ndarray | None:
+    """The outer packet of each tunnelled packet (sensor.tunnel), None for captured ones."""
+    parents = getattr(batch, "parents", None)
+    if parents is None:
+        return None
+    return np.asarray(parents.outer, dtype=object)[idx]
+
+
+class RuleStage:
+    """Pipeline stage: Suricata rules over each batch, EVE alert lines out."""
+
+    def __init__(self, cfg: Config, ruleset: RuleSet | None = None):
+        self.cfg = cfg
+        vars_ = {"address-groups": dict(cfg.vars.address_groups),
+                 "port-groups": dict(cfg.vars.port_groups)}
+        self.ruleset = ruleset if ruleset is not None else load_rules(cfg.rules.files, vars_)
+        self.loaded_at = time.time()
+        self.classes = self._classification(cfg.rules.classification_file)
+        tcfg: ThresholdConfig | None = None
+        if cfg.rules.threshold_file:
+            try:
+                tcfg = load_threshold_config(cfg.rules.threshold_file, vars_)
+            except OSError as exc:
+                raise RuleLoadError(f"{cfg.rules.threshold_file}: cannot read threshold "
+                                    f"config: {exc.strerror or exc}") from None
+        self.threshold_errors = [str(e) for e in tcfg.errors] if tcfg else []
+        self.thresholds = Thresholds(tcfg)
+        self.midstream = bool(getattr(cfg.rules, "midstream", False))
+        self.midstream_policy = str(getattr(cfg.rules, "midstream_policy", "ignore"))
+        self.async_oneside = bool(getattr(cfg.rules, "async_oneside", False))
+        self.stream_inspection = bool(getattr(cfg.rules, "stream_inspection", True))
+        if self.midstream_policy not in MIDSTREAM_POLICIES:
+            raise RuleLoadError(f"rules.midstream_policy must be one of "
+                                f"{', '.join(MIDSTREAM_POLICIES)}, not "
+                                f"'{self.midstream_policy}'")
+        self.alert_max = int(getattr(cfg.rules, "packet_alert_max", PACKET_ALERT_MAX))
+        eve = cfg.outputs.eve
+        self.with_cid = eve.community_id
+        self.cid_seed = eve.community_id_seed
+        self._compile(self.ruleset.rules)
+        self.flowbits: dict[int, set[str]] = {}
+        self.sessions: dict[int, Session] = {}
+        self.cid_cache: dict[int, str] = {}
+        self.alert_sigs: list[str] = []
+        self.stats: Counter[str] = Counter()
+        self._cols_ready: FlowTable | None = None
+
+    # -- setup ---------------------------------------------------------------------------
+    @staticmethod
+    def _classification(path: str) -> ClassificationTable:
+        if not path:
+            path = DEFAULT_CLASSIFICATION if os.path.isfile(DEFAULT_CLASSIFICATION) else ""
+        if not path:
+            return ClassificationTable({}, [])
+        try:
+            return load_classification(path)
+        except OSError as exc:
+            raise RuleLoadError(f"{path}: cannot read classification config: "
+                                f"{exc.strerror or exc}") from None
+
+    def _compile(self, rules: list[Rule]) -> None:
+        def sort_key(ir: tuple[int, Rule]) -> tuple:
+            i, r = ir
+            prio = self.classes.severity(r.classtype, r.priority)
+            return (ACTION_ORDER.get(r.action, 3), _fb_rank(r), prio, i)
+
+        ordered = [r for _, r in sorted(enumerate(rules), key=sort_key)]
+        self.rules: list[CompiledRule] = []
+        prekeys: dict[tuple, int] = {}
+        self.prekey_rules: list[Rule] = []
+        for order, r in enumerate(ordered):
+            pk = prekeys.setdefault(_prekey(r), len(prekeys))
+            if pk == len(self.prekey_rules):
+                self.prekey_rules.append(r)
+            sig = {"action": "allowed" if r.action != "pass" else "pass", "gid": r.gid,
+                   "signature_id": r.sid, "rev": r.rev, "signature": r.msg,
+                   "category": self.classes.category(r.classtype) or "",
+                   "severity": self.classes.severity(r.classtype, r.priority)}
+            self.rules.append(CompiledRule(
+                rule=r, order=order, prekey=pk, has_payload=bool(r.payload),
+                **_stream_flags(r),
+                iponly=_is_iponly(r), like_iponly=_is_like_iponly(r), signature=sig,
+                metadata=_metadata(r), summary=f"[{r.gid}:{r.sid}:{r.rev}] {r.msg}"))
+        # fast patterns
+        pats: dict[bytes, int] = {}
+        self.fp_rules: list[list[int]] = []
+        self.nofp_rules: list[int] = []
+        self.header_rules: list[int] = []
+        for cr in self.rules:
+            if not cr.has_payload:
+                self.header_rules.append(cr.order)
+                continue
+            fp = fast_pattern(cr.rule.payload)
+            if fp is None:
+                self.nofp_rules.append(cr.order)
+                continue
+            pid = pats.setdefault(fp, len(pats))
+            if pid == len(self.fp_rules):
+                self.fp_rules.append([])
+            self.fp_rules[pid].append(cr.order)
+        self.prefilter = Prefilter(list(pats))
+        ipo = [(o, self.rules[o].rule) for o in self.header_rules if self.rules[o].iponly]
+        self.ipo_src, self.ipo_dst, self.ipo_rest = split_indexable(ipo)
+        self.fp_rule_arr = [np.asarray(v, dtype=np.int64) for v in self.fp_rules]
+
+    # -- stage protocol ------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        out = dict(self.stats)
+        out["detect.engines.rules_loaded"] = self.ruleset.loaded
+        out["detect.engines.rules_failed"] = self.ruleset.rejected
+        out["detect.engines.last_reload"] = int(self.loaded_at)
+        return out
+
+    def drain_alert_signatures(self) -> list[str]:
+        """Signatures alerted since the last call (Pipeline.note_alert counts them)."""
+        out, self.alert_sigs = self.alert_sigs, []
+        return out
+
+    def flow_extra(self, ended: EndedFlows) -> Any:
+        return None
+
+    def _ensure_cols(self, flows: FlowTable) -> None:
+        if self._cols_ready is flows:
+            return
+        if "rs_mode" not in flows.cols:
+            flows.add_column("rs_mode", np.uint8, 0)
+            flows.add_column("rs_pass", np.bool_, False)
+            flows.add_column("rs_dirs", np.uint8, 0)
+            flows.add_column("rs_swap", np.bool_, False)
+        self._cols_ready = flows
+
+    def on_batch(self, ctx: Any) -> list[str]:
+        if not self.rules:
+            return []
+        flows: FlowTable = ctx.flows
+        self._ensure_cols(flows)
+        view, units = self._batch_view(ctx)
+        lines = self._flowless(ctx)
+        if view is None or not len(view):
+            return lines
+        return self._run(view, units, flows, ctx) + lines
+
+    def _flowless(self, ctx: Any) -> list[str]:
+        """Packets with a valid IP header but a transport header Suricata rejects (e.g. a
+        TCP data offset beyond the packet): no flow, but Suricata still runs the rules on
+        them, logging ports as 0 and no flow fields."""
+        d: DecodedBatch = ctx.decoded
+        idx = np.flatnonzero((d.ipver > 0) & ~d.ok & ~d.fragment &
+                             np.isin(d.proto, PORT_PROTOS + (PROTO_ICMP, PROTO_ICMPV6)))
+        if not len(idx):
+            return []
+        batch = ctx.batch
+        n = len(idx)
+        z = np.zeros(n, dtype=np.int64)
+        cnt = batch.first_cnt + idx.astype(np.int64) if batch.first_cnt > 0 else z - 1
+        v = View(
+            slot=z - 1, flow_id=z.astype(np.uint64), proto=d.proto[idx], ipver=d.ipver[idx],
+            src_hi=d.src_hi[idx], src_lo=d.src_lo[idx], dst_hi=d.dst_hi[idx],
+            dst_lo=d.dst_lo[idx], sport=z, dport=z, to_server=np.ones(n, dtype=bool),
+            established=np.zeros(n, dtype=bool), first_dir=np.ones(n, dtype=bool),
+            ts=batch.ts_us[idx], plen=np.zeros(n, dtype=np.int32), ttl=d.ttl[idx],
+            tcp_flags=z, tcp_seq=z, tcp_ack=z, tcp_win=z, icmp_type=d.icmp_type[idx],
+            icmp_code=d.icmp_code[idx], icmp_id=d.icmp_id[idx], icmp_seq=d.icmp_seq[idx],
+            ip_id=d.ip_id[idx], tos=d.tos[idx], frag_bits=d.frag_bits[idx],
+            vlan0=d.vlan0[idx], active=np.ones(n, dtype=bool), pcap_cnt=cnt,
+            pkt_src=getattr(batch, "pkt_src", "wire/pcap"), outer=_outer(batch, idx))
+        self._added = np.zeros(n, dtype=bool)
+        return self._run(v, [], None, None)
+
+    def on_flows_ended(self, ended: EndedFlows) -> list[str]:
+        if not self.rules or not len(ended):
+            return []
+        fids = ended.cols["flow_id"].tolist()
+        lines: list[str] = []
+        pseudo: list[tuple[int, bool, bytes]] = []
+        for i, fid in enumerate(fids):
+            sess = self.sessions.pop(fid, None)
+            if sess is None:
+                continue
+            for to_server, chunk in flush(sess):
+                pseudo.append((i, to_server, chunk))
+        if pseudo:
+            lines = self._pseudo(ended, pseudo)
+        for fid in fids:  # flowbits still count for the flow-end pseudo packets above
+            self.flowbits.pop(fid, None)
+            self.cid_cache.pop(fid, None)
+        return lines
+
+    # -- building what the rules see -------------------------------------------------------
+    def _batch_view(self, ctx: Any) -> tuple[View | None, list[tuple[int, int, bytes]]]:
+        d: DecodedBatch = ctx.decoded
+        upd = ctx.update
+        batch = ctx.batch
+        flows: FlowTable = ctx.flows
+        idx = upd.idx
+        if not len(idx):
+            return None, []
+        c = flows.cols
+        slot = upd.slot
+        proto = d.proto[idx]
+        flags = d.tcp_flags[idx]
+        is_tcp = proto == PROTO_TCP
+        # flow mode, decided on the flow's first packet
+        first = upd.pkt_no == 1
+        if first.any():
+            syn = is_tcp & ((flags & 0x12) == 0x02)
+            policy_ignore = self.midstream_policy in ("ignore", "auto")
+            session = MODE_SESSION if self.stream_inspection else MODE_PACKET
+            mode = np.where(~is_tcp, MODE_PACKET, np.where(
+                syn, session, np.where(
+                    ~np.bool_(policy_ignore), MODE_IGNORED,
+                    MODE_MIDSTREAM if self.midstream and self.stream_inspection
+                    else MODE_PACKET)))
+            c["rs_mode"][slot[first]] = mode[first].astype(np.uint8)
+            # a session picked up on a SYN/ACK: its sender is the server (Suricata swaps)
+            swap = (mode == MODE_MIDSTREAM) & ((flags & 0x12) == 0x12)
+            c["rs_swap"][slot[first]] = swap[first]
+        mode = c["rs_mode"][slot]
+        active = (mode != MODE_IGNORED) & ~c["rs_pass"][slot]
+        to_server = upd.to_server ^ c["rs_swap"][slot]
+        # first packet of each flow direction, for IP-only rules
+        dirbit = np.where(to_server, 1, 2).astype(np.uint8)
+        key = slot.astype(np.int64) * 2 + (~to_server).astype(np.int64)
+        _, firsts = np.unique(key, return_index=True)
+        first_dir = np.zeros(len(idx), dtype=bool)
+        first_dir[firsts] = True
+        first_dir &= (c["rs_dirs"][slot] & dirbit) == 0
+        np.bitwise_or.at(c["rs_dirs"], slot, dirbit)
+        ports = np.isin(proto, PORT_PROTOS)
+        both = upd.both_seen
+        established = np.where(is_tcp, upd.tcp_est | (mode == MODE_MIDSTREAM), both)
+        cnt = np.full(len(idx), -1, dtype=np.int64)
+        if batch.first_cnt > 0:
+            cnt = batch.first_cnt + idx.astype(np.int64)
+        view = View(
+            slot=slot, flow_id=c["flow_id"][slot], proto=proto, ipver=d.ipver[idx],
+            src_hi=d.src_hi[idx], src_lo=d.src_lo[idx], dst_hi=d.dst_hi[idx],
+            dst_lo=d.dst_lo[idx], sport=np.where(ports, d.sport[idx], 0),
+            dport=np.where(ports, d.dport[idx], 0), to_server=to_server,
+            established=established, first_dir=first_dir, ts=batch.ts_us[idx],
+            plen=d.plen[idx], ttl=d.ttl[idx], tcp_flags=flags, tcp_seq=d.tcp_seq[idx],
+            tcp_ack=d.tcp_ack[idx], tcp_win=d.tcp_win[idx], icmp_type=d.icmp_type[idx],
+            icmp_code=d.icmp_code[idx], icmp_id=d.icmp_id[idx], icmp_seq=d.icmp_seq[idx],
+            ip_id=d.ip_id[idx], tos=d.tos[idx], frag_bits=d.frag_bits[idx],
+            vlan0=d.vlan0[idx], active=active, pcap_cnt=cnt,
+            pkt_src=getattr(batch, "pkt_src", "wire/pcap"), outer=_outer(batch, idx))
+        # inspection buffers
+        units: list[tuple[int, int, bytes]] = []
+        data = batch.data
+        poff = d.poff[idx]
+        plen = view.plen
+        stream_pkt = active & is_tcp & ((mode == MODE_SESSION) | (mode == MODE_MIDSTREAM))
+        added = np.zeros(len(idx), dtype=bool)
+        sp = np.flatnonzero(stream_pkt)
+        if len(sp):
+            fids = view.flow_id[sp].tolist()
+            ts_l = to_server[sp].tolist()
+            fl_l = flags[sp].tolist()
+            seq_l = view.tcp_seq[sp].tolist()
+            ack_l = view.tcp_ack[sp].tolist()
+            off_l = poff[sp].tolist()
+            len_l = plen[sp].tolist()
+            sessions = self.sessions
+            l4 = d.l4[idx]
+            not_added: list[int] = []
+            for j, pos in enumerate(sp.tolist()):
+                fid = fids[j]
+                sess = sessions.get(fid)
+                if sess is None:
+                    sess = sessions[fid] = Session()
+                n = len_l[j]
+                payload = data[off_l[j]:off_l[j] + n].tobytes() if n > 0 else b""
+                if payload and fl_l[j] & 0x02:
+                    if not _has_tfo(data, int(l4[sp[j]]), off_l[j]):
+                        payload = b""  # SYN data without Fast Open: packet inspection
+                        not_added.append(pos)
+                chunk, took = on_packet(sess, ts_l[j], fl_l[j], seq_l[j], ack_l[j], payload,
+                                        self.async_oneside)
+                if payload and not took:
+                    not_added.append(pos)
+                if chunk:
+                    units.append((pos, UNIT_STREAM, chunk))
+            added[sp] = plen[sp] > 0
+            added[not_added] = False
+        self._added = added
+        pk = np.flatnonzero(active & (plen > 0))
+        if len(pk):
+            for pos, o, n in zip(pk.tolist(), poff[pk].tolist(), plen[pk].tolist(),
+                                 strict=True):
+                units.append((pos, UNIT_PACKET, data[o:o + n].tobytes()))
+        return view, units
+
+    # -- matching ------------------------------------------------------------------------
+    def _prekey_masks(self, v: View, needed: set[int]) -> dict[int, np.ndarray]:
+        hmasks: dict[tuple, np.ndarray] = {}
+        out: dict[int, np.ndarray] = {}
+        n = len(v)
+        for pk in needed:
+            r = self.prekey_rules[pk]
+            hk = _header_key(r)
+            m = hmasks.get(hk)
+            if m is None:
+                m = self._header_mask(r, v)
+                hmasks[hk] = m
+            m = m & v.active
+            if m.any():
+                m = m & self._keyword_mask(r, v, m)
+            out[pk] = m
+        del n
+        return out
+
+    def _iponly_indexed(self, sub: View) -> list[tuple[np.ndarray, np.ndarray]]:
+        """IP-only rules found through the address index, checked on their other side."""
+        out = []
+        v4 = sub.ipver == 4
+        for index, side in ((self.ipo_src, "src"), (self.ipo_dst, "dst")):
+            addr = sub.src_lo if side == "src" else sub.dst_lo
+            pos, rules = index.candidates(addr, v4)
+            if not len(pos):
+                continue
+            keep = np.zeros(len(pos), dtype=bool)
+            for o in np.unique(rules).tolist():
+                sel = np.flatnonzero(rules == o)
+                p = pos[sel]
+                part = _subview(sub, p)
+                keep[sel] = self._header_mask(self.rules[o].rule, part)
+            out.append((pos[keep], rules[keep]))
+        return out
+
+    def _header_mask(self, r: Rule, v: View) -> np.ndarray:
+        if getattr(self, "_cache_view", None) is not v:  # address/port masks of this view
+            self._cache_view = v
+            self._cache: dict[tuple, np.ndarray] = {}
+            self._ports = np.isin(v.proto, PORT_PROTOS)
+        n = len(v)
+        if r.proto == "ip":
+            m = np.ones(n, dtype=bool)
+        elif r.proto == "tcp":
+            m = v.proto == 6
+        elif r.proto == "udp":
+            m = v.proto == 17
+        else:
+            m = (v.proto == PROTO_ICMP) | (v.proto == PROTO_ICMPV6)
+        if not (r.src_ports.literal_any and r.dst_ports.literal_any):
+            m &= self._ports
+        if not m.any():
+            return m
+        cache = self._cache
+
+        def addr(aset: Any, side: str) -> np.ndarray:
+            key = ("a", side, aset)
+            got = cache.get(key)
+            if got is None:
+                if side == "s":
+                    got = _addr_mask(aset, v.ipver, v.src_hi, v.src_lo)
+                else:
+                    got = _addr_mask(aset, v.ipver, v.dst_hi, v.dst_lo)
+                cache[key] = got
+            return got
+
+        def port(pset: Any, side: str) -> np.ndarray:
+            key = ("p", side, pset)
+            got = cache.get(key)
+            if got is None:
+                got = pset.mask(v.sport if side == "s" else v.dport)
+                cache[key] = got
+            return got
+
+        def one_way(a: str, b: str) -> np.ndarray:
+            w = m.copy()
+            if not r.src.is_any:
+                w &= addr(r.src, a)
+            if not r.dst.is_any:
+                w &= addr(r.dst, b)
+            if not r.src_ports.is_any:
+                w &= port(r.src_ports, a)
+            if not r.dst_ports.is_any:
+                w &= port(r.dst_ports, b)
+            return w
+
+        fwd = one_way("s", "d")
+        if r.direction == "<>":
+            fwd |= one_way("d", "s")
+        return fwd
+
+    def _keyword_mask(self, r: Rule, v: View, m: np.ndarray) -> np.ndarray:
+        out = m.copy()
+        fl = r.flow
+        if fl is not None:
+            if fl.direction == "to_server":
+                out &= v.to_server
+            elif fl.direction == "to_client":
+                out &= ~v.to_server
+            if fl.established is True:
+                out &= v.established
+            elif fl.established is False:
+                out &= ~v.established
+            if fl.stream == "only" and not r.payload:
+                out &= False
+        tcp = v.proto == PROTO_TCP
+        icmp = (v.proto == PROTO_ICMP) | (v.proto == PROTO_ICMPV6)
+        if r.dsize is not None:
+            out &= r.dsize.mask(v.plen)
+        if r.ttl is not None:
+            out &= r.ttl.mask(v.ttl)
+        if r.itype is not None:
+            out &= icmp & r.itype.mask(v.icmp_type)
+        if r.icode is not None:
+            out &= icmp & r.icode.mask(v.icmp_code)
+        if r.icmp_id is not None or r.icmp_seq is not None:
+            echo = ((v.proto == PROTO_ICMP) & np.isin(v.icmp_type, ICMP_ECHO[PROTO_ICMP])) | (
+                (v.proto == PROTO_ICMPV6) & np.isin(v.icmp_type, ICMP_ECHO[PROTO_ICMPV6]))
+            out &= echo
+            if r.icmp_id is not None:
+                out &= v.icmp_id == r.icmp_id
+            if r.icmp_seq is not None:
+                out &= v.icmp_seq == r.icmp_seq
+        if r.ip_proto is not None:
+            out &= r.ip_proto.mask(v.proto)
+        if r.ip_id is not None:
+            out &= (v.ipver == 4) & (v.ip_id == r.ip_id)
+        if r.window is not None:
+            out &= tcp & r.window.mask(v.tcp_win)
+        if r.seq is not None:
+            out &= tcp & (v.tcp_seq == r.seq)
+        if r.ack is not None:
+            out &= tcp & (v.tcp_ack == r.ack)
+        if r.tos is not None:
+            out &= (v.ipver == 4) & r.tos.mask(v.tos)
+        if r.sameip:
+            out &= (v.src_hi == v.dst_hi) & (v.src_lo == v.dst_lo)
+        if r.flags is not None:
+            f = r.flags
+            pf = v.tcp_flags.astype(np.int64)
+            if not f.flags:
+                ok = (pf == 0) if f.modifier != "!" else (pf != 0)
+            else:
+                x = pf & ~f.ignore & 0xFF
+                if f.modifier == "*":
+                    ok = (x & f.flags) > 0
+                elif f.modifier == "+":
+                    ok = (x & f.flags) == f.flags
+                elif f.modifier == "!":
+                    ok = (x & f.flags) != f.flags
+                else:
+                    ok = x == f.flags
+            out &= tcp & ok
+        if r.fragbits is not None:
+            fb = r.fragbits
+            pb = v.frag_bits.astype(np.int64)
+            if fb.modifier == "*":
+                ok = (pb & fb.bits) > 0
+            elif fb.modifier == "+":
+                ok = ((pb & fb.bits) == fb.bits) & (pb - fb.bits > 0)
+            elif fb.modifier == "!":
+                ok = (pb & fb.bits) != fb.bits
+            else:
+                ok = pb == fb.bits
+            out &= (v.ipver == 4) & ok
+        return out
+
+    def _matches(self, v: View, units: list[tuple[int, int, bytes]],
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(position, rule order, stream match) of every rule that matched."""
+        pos_out: list[np.ndarray] = []
+        rule_out: list[np.ndarray] = []
+        str_out: list[np.ndarray] = []
+        header = self.header_rules if not v.pkt_src.startswith("stream") else []
+        # IP-only rules only see the first packet of each flow direction: test those alone
+        first = np.flatnonzero(v.first_dir & v.active)
+        if header and len(first):
+            sub = _subview(v, first)
+            sub_masks = self._prekey_masks(sub, {self.rules[o].prekey for o in self.ipo_rest})
+            for o in self.ipo_rest:
+                hit = first[np.flatnonzero(sub_masks[self.rules[o].prekey])]
+                if len(hit):
+                    pos_out.append(hit)
+                    rule_out.append(np.full(len(hit), o, dtype=np.int64))
+                    str_out.append(np.zeros(len(hit), dtype=bool))
+            for hit, rules in self._iponly_indexed(sub):
+                pos_out.append(first[hit])
+                rule_out.append(rules)
+                str_out.append(np.zeros(len(hit), dtype=bool))
+        other = [o for o in header if not self.rules[o].iponly]
+        masks = self._prekey_masks(v, {self.rules[o].prekey for o in other})
+        for o in other:
+            hit = np.flatnonzero(masks[self.rules[o].prekey])
+            if len(hit):
+                pos_out.append(hit)
+                rule_out.append(np.full(len(hit), o, dtype=np.int64))
+                str_out.append(np.zeros(len(hit), dtype=bool))
+        if units:
+            u_pos = np.fromiter((u[0] for u in units), dtype=np.int64, count=len(units))
+            u_kind = np.fromiter((u[1] for u in units), dtype=np.int8, count=len(units))
+            bufs = [u[2] for u in units]
+            lens = np.fromiter((len(b) for b in bufs), dtype=np.int64, count=len(bufs))
+            starts = np.cumsum(lens) - lens
+            ends = starts + lens
+            joined = np.frombuffer(b"".join(bufs), dtype=np.uint8)
+            added = self._added[u_pos] if hasattr(self, "_added") and len(self._added) == len(
+                v) else np.zeros(len(units), dtype=bool)
+            pairs_u, pairs_p = self.prefilter.search(joined, starts, ends)
+            cand_u: list[np.ndarray] = []
+            cand_r: list[np.ndarray] = []
+            if len(pairs_u):
+                counts = np.array([len(self.fp_rules[p]) for p in range(len(self.fp_rules))])
+                rep = counts[pairs_p]
+                cu = np.repeat(pairs_u, rep)
+                cr_ = np.concatenate([self.fp_rule_arr[p] for p in pairs_p.tolist()])
+                cand_u.append(cu)
+                cand_r.append(cr_)
+            if self.nofp_rules:
+                nofp = np.asarray(self.nofp_rules, dtype=np.int64)
+                cand_u.append(np.repeat(np.arange(len(units)), len(nofp)))
+                cand_r.append(np.tile(nofp, len(units)))
+            if cand_u:
+                cu = np.concatenate(cand_u)
+                crr = np.concatenate(cand_r)
+                pos = u_pos[cu]
+                # header/keyword masks and buffer eligibility, vectorised per prekey
+                keep = np.zeros(len(cu), dtype=bool)
+                pk_of = np.array([cr.prekey for cr in self.rules], dtype=np.int64)
+                rp = np.array([cr.req_packet for cr in self.rules], dtype=bool)
+                rs = np.array([cr.req_stream for cr in self.rules], dtype=bool)
+                ros = np.array([cr.only_stream for cr in self.rules], dtype=bool)
+                pks = pk_of[crr]
+                need = set(np.unique(pks).tolist()) - set(masks)
+                if need:
+                    masks.update(self._prekey_masks(v, need))
+                for pk in np.unique(pks).tolist():
+                    sel = pks == pk
+                    keep[sel] = masks[pk][pos[sel]]
+                kind = u_kind[cu]
+                is_stream = kind == UNIT_STREAM
+                req_p, req_s, only_s = rp[crr], rs[crr], ros[crr]
+                elig = np.where(is_stream, req_s,
+                                ~req_s | req_p | (~added[cu] & ~only_s))
+                keep &= elig
+                sel = np.flatnonzero(keep)
+                got_pos: list[int] = []
+                got_rule: list[int] = []
+                got_str: list[bool] = []
+                lower_cache: dict[int, bytes] = {}
+                for k in sel.tolist():
+                    ui = int(cu[k])
+                    o = int(crr[k])
+                    buf = bufs[ui]
+                    low = lower_cache.get(ui)
+                    if low is None:
+                        low = lower_cache[ui] = buf.lower()
+                    if match_payload(self.rules[o].rule.payload, buf, low):
+                        got_pos.append(int(u_pos[ui]))
+                        got_rule.append(o)
+                        got_str.append(bool(is_stream[k]))
+                if got_pos:
+                    pos_out.append(np.asarray(got_pos, dtype=np.int64))
+                    rule_out.append(np.asarray(got_rule, dtype=np.int64))
+                    str_out.append(np.asarray(got_str, dtype=bool))
+        if not pos_out:
+            z = np.zeros(0, dtype=np.int64)
+            return z, z, np.zeros(0, dtype=bool)
+        p = np.concatenate(pos_out)
+        r = np.concatenate(rule_out)
+        s = np.concatenate(str_out)
+        order = np.lexsort((~s, r, p))
+        p, r, s = p[order], r[order], s[order]
+        # one match per (packet, rule); a stream match wins
+        first = np.r_[True, (p[1:] != p[:-1]) | (r[1:] != r[:-1])]
+        return p[first], r[first], s[first]
+
+    # -- decisions and output ------------------------------------------------------------
+    def _run(self, v: View, units: list[tuple[int, int, bytes]], flows: FlowTable | None,
+             ctx: Any, ended: EndedFlows | None = None,
+             ended_rows: np.ndarray | None = None) -> list[str]:
+        pos, rule, stream = self._matches(v, units)
+        if not len(pos):
+            return []
+        c = flows.cols if flows is not None else None
+        pos_l, rule_l, str_l = pos.tolist(), rule.tolist(), stream.tolist()
+        fid_l = v.flow_id.tolist()
+        alerts: list[tuple[int, int]] = []
+        self.blocked: set[int] = set()  # alerts whose rate_filter action is drop/reject
+        passed_pkt = -1
+        per_pkt = Counter()
+        th = self.thresholds
+        slot_l = v.slot.tolist()
+        passed_flows: set[int] = set()
+        for pos_i, o, is_stream in zip(pos_l, rule_l, str_l, strict=True):
+            if pos_i == passed_pkt or (passed_flows and slot_l[pos_i] in passed_flows):
+                continue
+            cr = self.rules[o]
+            r = cr.rule
+            fid = fid_l[pos_i]
+            if r.flowbits:
+                if fid == 0 and c is None and ended is None:
+                    continue  # no flow: no flowbits
+                bits = self.flowbits.get(fid)
+                ok = True
+                for fb in r.flowbits:
+                    if fb.command == "isset":
+                        ok = bits is not None and any(nm in bits for nm in fb.names)
+                    elif fb.command == "isnotset":
+                        ok = bits is None or any(nm not in bits for nm in fb.names)
+                    if not ok:
+                        break
+                if not ok:
+                    continue
+                for fb in r.flowbits:
+                    if fb.command in ("isset", "isnotset"):
+                        continue
+                    if bits is None:
+                        bits = self.flowbits.setdefault(fid, set())
+                    nm = fb.names[0]
+                    if fb.command == "set":
+                        bits.add(nm)
+                    elif fb.command == "unset":
+                        bits.discard(nm)
+                    elif nm in bits:
+                        bits.remove(nm)
+                    else:
+                        bits.add(nm)
+            if r.action == "pass":
+                passed_pkt = pos_i
+                if (cr.iponly or cr.like_iponly or is_stream) and c is not None:
+                    c["rs_pass"][slot_l[pos_i]] = True
+                    passed_flows.add(slot_l[pos_i])
+                continue
+            if r.noalert:
+                continue
+            src = (int(v.ipver[pos_i]), int(v.src_hi[pos_i]), int(v.src_lo[pos_i]))
+            dst = (int(v.ipver[pos_i]), int(v.dst_hi[pos_i]), int(v.dst_lo[pos_i]))
+            if th.suppress(r.gid, r.sid, src, dst):
+                self.stats["detect.alerts_suppressed"] += 1
+                continue
+            thr = th.threshold_for(r.gid, r.sid, r.threshold or r.detection_filter)
+            if thr is not None and not th.allow(r.gid, r.sid, thr, int(v.ts[pos_i]), src, dst):
+                self.stats["detect.alerts_suppressed"] += 1
+                continue
+            new_action = th.rate_action(r.gid, r.sid, int(v.ts[pos_i]), src, dst) \
+                if th.rate_filters else None
+            if new_action == "pass":  # Suricata 7.0.10 logs nothing then
+                continue
+            if new_action in ("drop", "reject"):  # logged as "blocked", even in IDS mode
+                self.blocked.add(len(alerts))
+            if per_pkt[pos_i] >= self.alert_max:
+                continue
+            per_pkt[pos_i] += 1
+            alerts.append((pos_i, o))
+        if not alerts:
+            return []
+        return self._format(v, alerts, flows, ctx, ended, ended_rows)
+
+    def _flow_counts(self, v: View, ctx: Any, flows: FlowTable,
+                     ) -> tuple[np.ndarray, ...]:
+        """Flow packet/byte counters as they stood right after each packet of the view."""
+        c = flows.cols
+        slot = v.slot
+        size = ctx.batch.caplen[ctx.update.idx].astype(np.int64)
+        ts_ = ctx.update.to_server  # the flow table's direction (its counters)
+        n = len(slot)
+        order = np.lexsort((np.arange(n), slot))
+        s_sorted = slot[order]
+        bounds = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+        gid = np.cumsum(np.r_[True, s_sorted[1:] != s_sorted[:-1]]) - 1
+        out = []
+        for x, col in ((ts_.astype(np.int64), "pkts_ts"), ((~ts_).astype(np.int64), "pkts_tc"),
+                       (np.where(ts_, size, 0), "bytes_ts"), (np.where(ts_, 0, size),
+                                                               "bytes_tc")):
+            xs = x[order]
+            cs = np.cumsum(xs)
+            total = np.add.reduceat(xs, bounds)[gid]
+            before_group = (cs - xs)[bounds][gid]
+            after = total - (cs - before_group)  # strictly later packets of the flow
+            res = np.empty(n, dtype=np.int64)
+            res[order] = c[col][s_sorted] - after
+            out.append(res)
+        return tuple(out)
+
+    def _format(self, v: View, alerts: list[tuple[int, int]], flows: FlowTable | None,
+                ctx: Any, ended: EndedFlows | None, ended_rows: np.ndarray | None,
+                ) -> list[str]:
+        if ended is None and flows is None:
+            return self._format_flowless(v, alerts)
+        if ended is None:
+            assert flows is not None
+            pts, ptc, bts, btc = self._flow_counts(v, ctx, flows)
+            c = flows.cols
+            rows = v.slot
+        else:
+            c = ended.cols
+            assert ended_rows is not None
+            rows = ended_rows
+            pts, ptc = c["pkts_ts"][rows], c["pkts_tc"][rows]
+            bts, btc = c["bytes_ts"][rows], c["bytes_tc"][rows]
+        at = np.asarray([a[0] for a in alerts], dtype=np.int64)
+        rws = rows[at]
+        col = {name: v_arr[at].tolist() for name, v_arr in (
+            ("ipver", v.ipver), ("proto", v.proto), ("ts", v.ts), ("flow_id", v.flow_id),
+            ("cnt", v.pcap_cnt), ("vlan", v.vlan0), ("sh", v.src_hi), ("sl", v.src_lo),
+            ("dh", v.dst_hi), ("dl", v.dst_lo), ("sp", v.sport), ("dp", v.dport),
+            ("it", v.icmp_type), ("ic", v.icmp_code), ("ts_dir", v.to_server),
+            ("pts", pts), ("ptc", ptc), ("bts", bts), ("btc", btc))}
+        fcol = {name: c[name][rws].tolist() for name in (
+            "cli_hi", "cli_lo", "srv_hi", "srv_lo", "cli_port", "srv_port", "first_ts")}
+        rws_l = rws.tolist()
+        lines: list[str] = []
+        for k, (_, o) in enumerate(alerts):
+            cr = self.rules[o]
+            action = "blocked" if k in self.blocked else None
+            row = rws_l[k]
+            ipver = col["ipver"][k]
+            proto = col["proto"][k]
+            ports = proto in PORT_PROTOS
+            ev: dict[str, Any] = {"timestamp": fmt_ts(col["ts"][k]),
+                                  "flow_id": col["flow_id"][k]}
+            if col["cnt"][k] >= 0:
+                ev["pcap_cnt"] = col["cnt"][k]
+            ev["event_type"] = "alert"
+            if col["vlan"][k]:
+                ev["vlan"] = [col["vlan"][k]]
+            ev["src_ip"] = ip_str(ipver, col["sh"][k], col["sl"][k])
+            if ports:
+                ev["src_port"] = col["sp"][k]
+            ev["dest_ip"] = ip_str(ipver, col["dh"][k], col["dl"][k])
+            if ports:
+                ev["dest_port"] = col["dp"][k]
+            ev["proto"] = proto_name(proto)
+            if proto in (PROTO_ICMP, PROTO_ICMPV6):
+                ev["icmp_type"] = col["it"][k]
+                ev["icmp_code"] = col["ic"][k]
+            ev["pkt_src"] = v.pkt_src
+            if self.with_cid:
+                ev["community_id"] = self._cid(c, row, col["flow_id"][k])
+            alert = dict(cr.signature)
+            if action:
+                alert["action"] = action
+            if cr.rule.target is not None:
+                _source_target(alert, cr.rule.target, ev)
+            if cr.metadata:
+                alert["metadata"] = cr.metadata
+            ev["alert"] = alert
+            if v.outer is not None:
+                ev["tunnel"] = v.outer[at[k]]
+            ev["direction"] = "to_server" if col["ts_dir"][k] else "to_client"
+            fl: dict[str, Any] = {
+                "pkts_toserver": col["pts"][k], "pkts_toclient": col["ptc"][k],
+                "bytes_toserver": col["bts"][k], "bytes_toclient": col["btc"][k],
+                "start": fmt_ts(fcol["first_ts"][k]),
+                "src_ip": ip_str(ipver, fcol["cli_hi"][k], fcol["cli_lo"][k]),
+                "dest_ip": ip_str(ipver, fcol["srv_hi"][k], fcol["srv_lo"][k]),
+            }
+            if ports:
+                fl["src_port"] = fcol["cli_port"][k]
+                fl["dest_port"] = fcol["srv_port"][k]
+            ev["flow"] = fl
+            lines.append(dumps(ev))
+            self.alert_sigs.append(cr.summary)
+        c["alerted"][rws] = True
+        return lines
+
+    def _format_flowless(self, v: View, alerts: list[tuple[int, int]]) -> list[str]:
+        lines: list[str] = []
+        for pos_i, o in alerts:
+            cr = self.rules[o]
+            ipver, proto = int(v.ipver[pos_i]), int(v.proto[pos_i])
+            ev: dict[str, Any] = {"timestamp": fmt_ts(int(v.ts[pos_i]))}
+            if int(v.pcap_cnt[pos_i]) >= 0:
+                ev["pcap_cnt"] = int(v.pcap_cnt[pos_i])
+            ev["event_type"] = "alert"
+            if int(v.vlan0[pos_i]):
+                ev["vlan"] = [int(v.vlan0[pos_i])]
+            ev["src_ip"] = ip_str(ipver, int(v.src_hi[pos_i]), int(v.src_lo[pos_i]))
+            if proto in PORT_PROTOS:
+                ev["src_port"] = 0
+            ev["dest_ip"] = ip_str(ipver, int(v.dst_hi[pos_i]), int(v.dst_lo[pos_i]))
+            if proto in PORT_PROTOS:
+                ev["dest_port"] = 0
+            ev["proto"] = proto_name(proto)
+            ev["pkt_src"] = v.pkt_src
+            alert = dict(cr.signature)
+            if cr.metadata:
+                alert["metadata"] = cr.metadata
+            ev["alert"] = alert
+            if v.outer is not None:
+                ev["tunnel"] = v.outer[pos_i]
+            lines.append(dumps(ev))
+            self.alert_sigs.append(cr.summary)
+        return lines
+
+    def _cid(self, c: dict[str, np.ndarray], row: int, fid: int) -> str:
+        hit = self.cid_cache.get(fid)
+        if hit is not None:
+            return hit
+        ipver, proto = int(c["ipver"][row]), int(c["proto"][row])
+        sport, dport = int(c["cli_port"][row]), int(c["srv_port"][row])
+        if proto in (PROTO_ICMP, PROTO_ICMPV6):  # as the flow event (sensor.output.eve)
+            sport, dport = sport & 0xFF, sport >> 8
+        elif proto not in PORT_PROTOS:
+            sport = dport = 0
+        cid = community_id(ip_bytes(ipver, int(c["cli_hi"][row]), int(c["cli_lo"][row])),
+                           ip_bytes(ipver, int(c["srv_hi"][row]), int(c["srv_lo"][row])),
+                           proto, sport, dport, self.cid_seed)
+        self.cid_cache[fid] = cid
+        return cid
+
+    def _pseudo(self, ended: EndedFlows, pseudo: list[tuple[int, bool, bytes]]) -> list[str]:
+        """Flow-end pseudo packets carrying the stream data never inspected."""
+        c = ended.cols
+        rows = np.asarray([p[0] for p in pseudo], dtype=np.int64)
+        to_server = np.asarray([p[1] for p in pseudo], dtype=bool)
+        n = len(rows)
+
+        table_dir = to_server ^ c["rs_swap"][rows] if "rs_swap" in c else to_server
+
+        def pick(a: str, b: str) -> np.ndarray:
+            return np.where(table_dir, c[a][rows], c[b][rows])
+
+        z8 = np.zeros(n, dtype=np.uint8)
+        z16 = np.zeros(n, dtype=np.uint16)
+        z32 = np.zeros(n, dtype=np.uint32)
+        plen = np.asarray([len(p[2]) for p in pseudo], dtype=np.int32)
+        v = View(
+            slot=rows, flow_id=c["flow_id"][rows], proto=c["proto"][rows],
+            ipver=c["ipver"][rows], src_hi=pick("cli_hi", "srv_hi"),
+            src_lo=pick("cli_lo", "srv_lo"), dst_hi=pick("srv_hi", "cli_hi"),
+            dst_lo=pick("srv_lo", "cli_lo"), sport=pick("cli_port", "srv_port"),
+            dport=pick("srv_port", "cli_port"), to_server=to_server,
+            established=np.ones(n, dtype=bool), first_dir=np.zeros(n, dtype=bool),
+            ts=c["last_ts"][rows], plen=plen, ttl=z8, tcp_flags=np.full(n, 0x10, np.uint8),
+            tcp_seq=z32, tcp_ack=z32, tcp_win=z16, icmp_type=z8, icmp_code=z8, icmp_id=z16,
+            icmp_seq=z16, ip_id=z16, tos=z8, frag_bits=z8, vlan0=c["vlan0"][rows],
+            active=~c["rs_pass"][rows] if "rs_pass" in c else np.ones(n, dtype=bool),
+            pcap_cnt=np.full(n, -1, dtype=np.int64), pkt_src="stream (flow timeout)")
+        units = [(i, UNIT_STREAM, p[2]) for i, p in enumerate(pseudo)]
+        self._added = np.zeros(n, dtype=bool)
+        return self._run(v, units, None, None, ended, rows)
+
+
+def build_rule_stage(cfg: Config, strict: bool = False) -> RuleStage | None:
+    """The rule stage for `cfg`, or None without rule files.
+
+    Unreadable rule files raise RuleLoadError. Rejected rules are printed on stderr, one
+    line each, and counted; with `strict` (the daemon, also on reload) any rejected rule
+    raises instead, so the daemon keeps the rule set it runs.
+    """
+    if not cfg.rules.files:
+        return None
+    vars_ = {"address-groups": dict(cfg.vars.address_groups),
+             "port-groups": dict(cfg.vars.port_groups)}
+    try:
+        rs = load_rules(cfg.rules.files, vars_)
+    except (ValueError, OSError) as exc:
+        raise RuleLoadError(f"rules: {exc}") from None
+    if rs.file_errors:
+        raise RuleLoadError(rs.file_errors[0])
+    if strict and rs.errors:
+        more = f" (and {len(rs.errors) - 1} more)" if len(rs.errors) > 1 else ""
+        raise RuleLoadError(f"{len(rs.errors)} rule problem(s): {rs.errors[0]}{more}")
+    for err in rs.errors:
+        print(err, file=sys.stderr)
+    stage = RuleStage(cfg, rs)
+    for msg in stage.threshold_errors:
+        print(msg, file=sys.stderr)
+    if rs.errors:
+        print(f"rules: {rs.loaded} loaded, {rs.rejected} rejected", file=sys.stderr)
+    return stage
+

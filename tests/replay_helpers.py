@@ -1,0 +1,69 @@
+"""Shared by the replay tests: packets -> real pcap file -> PcapSource -> Pipeline -> EVE.
+
+Packets are written with dpkt's pcap writer and read back with sensor.capture.pcap, so the
+flow table and the stages see exactly what `netsensor replay` feeds them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dpkt
+
+from sensor.capture.pcap import PcapSource
+from sensor.config import Config
+from sensor.pipeline import Pipeline, Stage
+
+MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+
+
+class ListSink:
+    """Collects EVE lines in memory (the pipeline's sink interface)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, lines: list[str]) -> None:
+        self.lines.extend(lines)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
+        evs = [json.loads(x) for x in self.lines]
+        return [e for e in evs if event_type is None or e["event_type"] == event_type]
+
+
+def write_pcap(path: Path, frames: Sequence[bytes], times: Sequence[float],
+               linktype: int = 1) -> Path:
+    with open(path, "wb") as f:
+        w = dpkt.pcap.Writer(f, linktype=linktype)
+        for fr, ts in zip(frames, times, strict=True):
+            w.writepkt(bytes(fr), ts=ts)
+    return path
+
+
+def replay(path: Path, cfg: Config | None = None, batch_size: int = 65536,
+           stages: list[Stage] | None = None) -> tuple[ListSink, Pipeline]:
+    """Run one pcap through a Pipeline as `netsensor replay` does; return EVE and pipeline."""
+    cfg = cfg or Config()
+    sink = ListSink()
+    pipe = Pipeline(cfg, sink, stages)  # type: ignore[arg-type]
+    src = PcapSource(str(path), batch_size=batch_size)
+    for batch in src.batches():
+        pipe.process(batch)
+    pipe.finish()
+    assert src.error is None, src.error
+    return sink, pipe
+
+
+def replay_frames(tmp_path: Path, frames: Sequence[bytes], times: Sequence[float],
+                  cfg: Config | None = None, batch_size: int = 65536,
+                  name: str = "t.pcap") -> tuple[ListSink, Pipeline]:
+    return replay(write_pcap(tmp_path / name, frames, times), cfg, batch_size)

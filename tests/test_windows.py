@@ -1,0 +1,157 @@
+"""sensor.windows: flows cut into windows by time, by packet count and at flow end, with the
+per-packet facts the feature stage reads; the same windows whatever the batch size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from replay_helpers import MACS, ListSink, write_pcap
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from sensor.capture.pcap import PcapSource
+from sensor.config import Config, WindowConfig
+from sensor.pipeline import Pipeline
+from sensor.windows import WindowBatch, WindowStage
+
+T0 = 1_700_000_000.0
+CLI, SRV = "10.0.0.1", "10.0.0.2"
+
+
+def udp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"x") -> bytes:
+    return bytes(Ether(**MACS) / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) /
+                 Raw(payload))
+
+
+def run_windows(path: Path, wcfg: WindowConfig, batch_size: int = 65536,
+                cfg: Config | None = None) -> tuple[list[dict], list[int]]:
+    """Replay with a WindowStage; return every closed window as a dict, and how many
+    windows had closed before the end of input (pipe.finish)."""
+    got: list[dict] = []
+
+    def consumer(wb: WindowBatch) -> list[str]:
+        for i in range(len(wb)):
+            k = int(wb.n_packets[i])
+            got.append({
+                "n": k, "start": int(wb.start_us[i]), "end": int(wb.end_us[i]),
+                "flow_id": int(wb.flow["flow_id"][i]),
+                "cli_port": int(wb.flow["cli_port"][i]),
+                **{f: wb.pkts[f][i, :k].tolist() for f in wb.pkts},
+                "data": wb.data[i, :k].tobytes(),
+                "pad_zero": bool((wb.pkts["ts_us"][i, k:] == 0).all()
+                                 and (wb.data[i, k:] == 0).all()),
+            })
+        return []
+
+    stage = WindowStage(wcfg, consumer)
+    pipe = Pipeline(cfg or Config(), ListSink(), [stage])  # type: ignore[arg-type]
+    for b in PcapSource(str(path), batch_size=batch_size).batches():
+        pipe.process(b)
+    before_finish = len(got)
+    pipe.finish()
+    stage_rest = stage.finish()
+    assert stage_rest == []
+    return got, [before_finish]
+
+
+def test_window_closes_after_w_seconds(tmp_path: Path) -> None:
+    frames = [udp(CLI, SRV, 5000, 53) for _ in range(25)]
+    times = [T0 + i for i in range(25)]  # one packet a second
+    path = write_pcap(tmp_path / "w.pcap", frames, times)
+    wins, _ = run_windows(path, WindowConfig(enabled=True, seconds=10, packets=1000))
+    assert [w["n"] for w in wins] == [10, 10, 5]
+    for w in wins:
+        assert w["end"] - w["start"] < 10_000_000
+        assert w["ts_us"][0] == w["start"] and w["ts_us"][-1] == w["end"]
+
+
+def test_window_closes_after_n_packets(tmp_path: Path) -> None:
+    frames = [udp(CLI, SRV, 5000, 53) for _ in range(25)]
+    path = write_pcap(tmp_path / "n.pcap", frames, [T0 + i * 0.001 for i in range(25)])
+    wins, _ = run_windows(path, WindowConfig(enabled=True, seconds=60, packets=8))
+    assert [w["n"] for w in wins] == [8, 8, 8, 1]
+    flat = [t for w in wins for t in w["ts_us"]]
+    assert flat == sorted(flat) and len(set(flat)) == 25
+
+
+def test_window_closes_at_flow_end(tmp_path: Path) -> None:
+    """A UDP flow times out (30 s) while another flow keeps the clock going: its window is
+    handed over when the flow ends, before the end of input."""
+    a = [udp(CLI, SRV, 5000, 53) for _ in range(3)]
+    b = [udp("10.0.0.9", SRV, 6000, 53) for _ in range(3)]
+    times = [T0, T0 + 0.1, T0 + 0.2, T0 + 10, T0 + 40, T0 + 80]
+    path = write_pcap(tmp_path / "e.pcap", a + b, times)
+    wins, (before_finish,) = run_windows(path, WindowConfig(enabled=True, seconds=1000,
+                                                            packets=1000))
+    first = [w for w in wins if w["cli_port"] == 5000]
+    assert len(first) == 1 and first[0]["n"] == 3
+    assert wins.index(first[0]) < before_finish
+
+
+def test_per_packet_fields(tmp_path: Path) -> None:
+    m = 48
+    pkts = [IP(src=CLI, dst=SRV, ttl=60) / TCP(sport=40000, dport=80, flags="S", window=1000),
+            IP(src=SRV, dst=CLI, ttl=50) / TCP(sport=80, dport=40000, flags="SA", window=2000),
+            IP(src=CLI, dst=SRV, ttl=60) / TCP(sport=40000, dport=80, flags="PA", window=1000) /
+            Raw(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")]
+    frames = [bytes(Ether(**MACS) / p) for p in pkts]
+    times = [T0, T0 + 0.25, T0 + 0.5]
+    path = write_pcap(tmp_path / "f.pcap", frames, times)
+    (w,), _ = run_windows(path, WindowConfig(enabled=True, seconds=10, packets=16, bytes=m))
+    assert w["n"] == 3 and w["pad_zero"]
+    assert w["ts_us"] == [int(t * 1e6) for t in times]
+    assert w["size"] == [len(bytes(p)) for p in pkts]
+    assert w["to_server"] == [1, 0, 1]
+    assert w["tcp_flags"] == [0x02, 0x12, 0x18]
+    assert w["payload_len"] == [0, 0, len(pkts[2][Raw].load)]
+    assert w["tcp_win"] == [1000, 2000, 1000]
+    assert w["ttl"] == [60, 50, 60]
+    data = np.frombuffer(w["data"], dtype=np.uint8).reshape(3, m)
+    for i, p in enumerate(pkts):
+        ip = bytes(p)[:m]
+        assert data[i, : len(ip)].tobytes() == ip
+        assert not data[i, len(ip):].any()  # zero past the packet's end
+
+
+def test_batch_size_independence(tmp_path: Path) -> None:
+    frames, times = [], []
+    for i in range(120):
+        port = 5000 + i % 4
+        frames.append(udp(CLI, SRV, port, 53, bytes([i]) * (10 + i % 7)) if i % 3 else
+                      udp(SRV, CLI, 53, port, b"r" * (5 + i % 11)))
+        times.append(T0 + i * 0.37)
+    path = write_pcap(tmp_path / "b.pcap", frames, times)
+    wcfg = WindowConfig(enabled=True, seconds=5, packets=6, bytes=32)
+
+    def norm(wins: list[dict]) -> list:
+        return sorted((w["cli_port"], w["start"], w["n"], w["ts_us"], w["size"],
+                       w["to_server"], w["data"]) for w in wins)
+
+    ref = norm(run_windows(path, wcfg)[0])
+    assert sum(x[2] for x in ref) == 120
+    for bs in (1, 4, 17):
+        assert norm(run_windows(path, wcfg, batch_size=bs)[0]) == ref, bs
+
+
+def test_pending_packets_are_bounded(tmp_path: Path) -> None:
+    """Many open windows: once more than max_pending packets wait, the oldest windows are
+    closed early (counted), so a flood of flows cannot hold unbounded packets."""
+    frames = [udp(f"10.1.{i // 250}.{i % 250}", SRV, 1000 + i, 53) for i in range(400)]
+    path = write_pcap(tmp_path / "p.pcap", frames, [T0 + i * 1e-4 for i in range(400)])
+    wcfg = WindowConfig(enabled=True, seconds=100, packets=100, max_pending=50)
+    seen: list[int] = []
+
+    def consumer(wb: WindowBatch) -> list[str]:
+        seen.extend(wb.n_packets.tolist())
+        return []
+
+    stage = WindowStage(wcfg, consumer)
+    pipe = Pipeline(Config(), ListSink(), [stage])  # type: ignore[arg-type]
+    for b in PcapSource(str(path), batch_size=20).batches():
+        pipe.process(b)
+        assert stage.pending_packets <= wcfg.max_pending + 20
+    pipe.finish()
+    assert sum(seen) == 400
+    assert stage.stats["windows_forced"] > 0
