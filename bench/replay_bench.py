@@ -62,8 +62,9 @@ def count_packets(pcap: str) -> int:
     return n
 
 
-def run_once(argv: list[str], env: dict[str, str]) -> dict[str, float]:
-    """Run a command to its end; wall seconds, CPU seconds and peak RSS (KiB) of the child."""
+def run_once(argv: list[str], env: dict[str, str]) -> dict[str, float] | str:
+    """Run a command to its end; wall seconds, CPU seconds and peak RSS (KiB) of the child,
+    or why it failed."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
                             cwd=ROOT)
@@ -74,7 +75,8 @@ def run_once(argv: list[str], env: dict[str, str]) -> dict[str, float]:
         proc.stderr.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"replay_bench: {' '.join(argv)} exited {proc.returncode}:\n{err[-2000:]}")
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        return f"{' '.join(argv)} exited {proc.returncode}: {last[:300]}"
     return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
             "peak_rss_kib": float(usage.ru_maxrss)}
 
@@ -193,13 +195,18 @@ def main(argv: list[str] | None = None) -> int:
         for v in vs:
             with tempfile.TemporaryDirectory(prefix="replay-bench-") as logdir:
                 cmd = [a.replace("{pcap}", pcap).replace("{logdir}", logdir) for a in v.argv]
-                v.runs.append(run_once(cmd, env))
-                if round_no == 0:
+                got = run_once(cmd, env)
+                if isinstance(got, str):  # reported, and the round left out of the medians
+                    notes.append(f"round {round_no + 1} {v.name} failed: {got}")
+                    print(f"round {round_no + 1}/{args.runs} {v.name}: FAILED", file=sys.stderr)
+                    continue
+                v.runs.append(got)
+                if not v.flow_events:
                     v.flow_events = count_flow_events(logdir)
             print(f"round {round_no + 1}/{args.runs} {v.name}: {v.runs[-1]['wall_s']:.2f} s",
                   file=sys.stderr)
     info["load_avg_after"] = os.getloadavg()
-    rows = [summarize(v, packets) for v in vs]
+    rows = [summarize(v, packets) for v in vs if v.runs]
     ratios: dict[str, float] = {}
     for r in rows:
         if not str(r["variant"]).startswith("netsensor"):

@@ -13,9 +13,14 @@ shutdown), netsensor's `time:` summary line (from the first batch to the end). S
 (ET Open 2024-04 ships a `suricata.rules` with local sids 1000002/1000004; ET rules whose
 sid collides with a shipped rule are left out, so both engines load the same set.)
 
-Results go to bench/results/rules.json (and are quoted in docs/ruleset.md).
+Results go to bench/results/rules.json (and are quoted in docs/rules.md).
 
-    nice python bench/rules_bench.py [--pcap PCAP] [--runs N] [--no-et]
+    nice python bench/rules_bench.py [--pcap PCAP] [--first N] [--runs N] [--no-et]
+                                     [--before TREE]
+
+--first N benches the first N packets of PCAP (cut with editcap). --before TREE also runs
+`python -m sensor.cli` from TREE (a directory holding another `sensor` package, e.g. the
+engine before a change), as a third engine in the same alternation ("netsensor_before").
 """
 
 from __future__ import annotations
@@ -93,15 +98,16 @@ PROCESSING_TIME = {  # engine -> pattern of its own processing-time line
 }
 
 
-def timed(name: str, cmd_for: Any, rules: list[Path], pcap: Path) -> tuple[float, float, int]:
+def timed(name: str, cmd_for: Any, rules: list[Path], pcap: Path,
+          cwd: Path = ROOT) -> tuple[float, float, int]:
     """Wall seconds, the engine's processing seconds and the alerts of one run."""
     with tempfile.TemporaryDirectory() as logdir:
         cmd = cmd_for(rules, pcap, logdir)
         t0 = time.perf_counter()
-        run = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True,
+        run = subprocess.run(cmd, check=True, cwd=cwd, capture_output=True, text=True,
                              env={**os.environ, "TZ": "UTC"})
         secs = time.perf_counter() - t0
-        m = PROCESSING_TIME[name].search(run.stdout + run.stderr)
+        m = PROCESSING_TIME[name.split("_")[0]].search(run.stdout + run.stderr)
         if m is None:
             raise SystemExit(f"{name}: no processing time in its output:\n{run.stderr[-2000:]}")
         eve = Path(logdir) / "eve.json"
@@ -112,14 +118,18 @@ def timed(name: str, cmd_for: Any, rules: list[Path], pcap: Path) -> tuple[float
         return secs, float(m.group(1)), alerts
 
 
-def bench(rules: list[Path], pcap: Path, runs: int) -> dict[str, Any]:
+def bench(rules: list[Path], pcap: Path, runs: int, before: Path | None = None,
+          ) -> dict[str, Any]:
     engines = {"netsensor": netsensor_cmd, "suricata": suricata_cmd}
+    if before is not None:
+        engines["netsensor_before"] = netsensor_cmd
     wall: dict[str, list[float]] = {k: [] for k in engines}
     proc: dict[str, list[float]] = {k: [] for k in engines}
     alerts: dict[str, int] = {}
     for _ in range(runs):  # alternate engines so drifting machine load hits both alike
         for name, fn in engines.items():
-            w, p, n = timed(name, fn, rules, pcap)
+            cwd = before if name == "netsensor_before" and before is not None else ROOT
+            w, p, n = timed(name, fn, rules, pcap, cwd)
             wall[name].append(w)
             proc[name].append(p)
             alerts[name] = n
@@ -134,6 +144,10 @@ def bench(rules: list[Path], pcap: Path, runs: int) -> dict[str, Any]:
                      "processing_runs_s": [round(x, 3) for x in proc[name]]}
     res["ratio_suricata_over_netsensor_pps"] = round(
         res["suricata"]["packets_per_s"] / max(res["netsensor"]["packets_per_s"], 1), 2)
+    if before is not None:
+        res["speedup_netsensor_over_before"] = round(
+            res["netsensor"]["packets_per_s"] /
+            max(res["netsensor_before"]["packets_per_s"], 1), 2)
     res["packets"] = packets
     return res
 
@@ -144,8 +158,17 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--no-et", action="store_true", help="only the shipped rules")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--first", type=int, default=0, help="only the first N packets")
+    ap.add_argument("--before", type=Path, help="tree with the `sensor` package to compare")
     args = ap.parse_args()
+    pcap_name = os.path.relpath(args.pcap.resolve(), ROOT)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.first:
+            cut = Path(tmp) / f"first-{args.first}.pcap"
+            subprocess.run(["editcap", "-F", "pcap", "-r", str(args.pcap), str(cut),
+                            f"1-{args.first}"], check=True)
+            args.pcap = cut
+            pcap_name += f" (first {args.first:,} packets)"
         joined = Path(tmp) / "bench.rules"
         info: dict[str, Any] = {}
         text = SHIPPED.read_text()
@@ -154,11 +177,12 @@ def main() -> int:
             text = et.read_text() + text
         joined.write_text(text)
         load_before = os.getloadavg()[0]
-        res = bench([joined], args.pcap.resolve(), args.runs)
+        res = bench([joined], args.pcap.resolve(), args.runs,
+                    args.before.resolve() if args.before else None)
         res["load_avg_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     res.update(info)
     res.update({
-        "pcap": os.path.relpath(args.pcap.resolve(), ROOT), "runs": args.runs,
+        "pcap": pcap_name, "runs": args.runs,
         "rule_files": (["rules/netsensor.rules"] if args.no_et
                        else ["ET Open loadable subset", "rules/netsensor.rules"]),
         "suricata": {**res["suricata"],
@@ -169,9 +193,11 @@ def main() -> int:
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1) + "\n")
-    for name in ("netsensor", "suricata"):
+    for name in ("netsensor", "netsensor_before", "suricata"):
+        if name not in res:
+            continue
         r = res[name]
-        print(f"{name:9s} wall {r['wall_s']:7.2f} s  processing {r['processing_s']:7.2f} s  "
+        print(f"{name:16s} wall {r['wall_s']:7.2f} s  processing {r['processing_s']:7.2f} s  "
               f"{r['packets_per_s']:>10,} packets/s  {r['alerts']} alerts")
     print(f"packets {res['packets']:,}; suricata/netsensor packets/s ratio "
           f"{res['ratio_suricata_over_netsensor_pps']}; written to {args.out}")

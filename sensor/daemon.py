@@ -109,6 +109,9 @@ def aggregate(per_worker: dict[int, dict[str, int]]) -> dict[str, int]:
         for k, v in c.items():
             if k == "decoder.max_pkt_size":
                 max_pkt = max(max_pkt, v)
+            elif k.startswith("detect.engines."):
+                # every worker loads the same rule set: a property, not a sum
+                out[k] = max(out.get(k, 0), v)
             elif k != "decoder.avg_pkt_size":
                 out[k] = out.get(k, 0) + v
         w = f"capture.worker_{i}."

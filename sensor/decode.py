@@ -128,6 +128,12 @@ class DecodedBatch:
     fragment: np.ndarray  # frames holding an IP fragment: for sensor.defrag
     counters: dict[str, int] = field(default_factory=dict)
     depth: int = 0  # tunnel depth of the batch: part of the flow key, as in Suricata
+    # ICMPv4 errors (None when the batch has none): Suricata opens no flow for them, and
+    # counts a destination-unreachable that quotes a TCP/UDP header in the quoted flow.
+    # icmp_err marks every ICMPv4 error; icmp_emb holds the quoted tuple (keys ok, src,
+    # dst, sport, dport, proto; full-length arrays, meaningful where "ok")
+    icmp_err: np.ndarray | None = None
+    icmp_emb: dict[str, np.ndarray] | None = None
 
 
 class _Reader:
@@ -453,6 +459,7 @@ def decode_batch(batch: PacketBatch) -> DecodedBatch:
         icmp_id=out["icmp_id"], icmp_seq=out["icmp_seq"], ttl=ttl, ip_id=ip_id, tos=tos,
         frag_bits=frag_bits, frag_off=frag_off, vlan0=vlan0, vlan1=vlan1, fragment=fragment,
         counters=counters, depth=batch.tunnel_depth,
+        icmp_err=out.get("icmp_err"), icmp_emb=out.get("icmp_emb"),
     )
 
 
@@ -477,6 +484,7 @@ def _decode_l4(
     icmp_code = np.zeros(n, dtype=np.uint8)
     icmp_id = np.zeros(n, dtype=np.uint16)
     icmp_seq = np.zeros(n, dtype=np.uint16)
+    extra: dict = {}
 
     tcp = ok & (proto == PROTO_TCP)
     if tcp.any():
@@ -555,11 +563,49 @@ def _decode_l4(
         dport[good] = np.where(has_cp[t], cp[t], 0).astype(np.uint16)
         poff[good] = q + 8
         plen[good] = (l4len[good] - 8).astype(np.int32)
+        if pnum == PROTO_ICMP:
+            err = np.isin(t, ICMP4_ERROR_TYPES)
+            if err.any():
+                extra.update(_icmp4_errors(r, n, good[err], q[err], t[err], l4len[good[err]]))
 
     plen = np.where(ok, plen, 0).astype(np.int32)
-    return {
+    return {**extra,
         "ok": ok, "sport": sport, "dport": dport, "poff": poff, "plen": plen,
         "tcp_flags": tcp_flags, "tcp_seq": tcp_seq, "tcp_ack": tcp_ack, "tcp_win": tcp_win,
         "icmp_type": icmp_type, "icmp_code": icmp_code, "icmp_id": icmp_id,
         "icmp_seq": icmp_seq,
     }
+
+
+# ICMPv4 error messages (ICMPV4_IS_ERROR_MSG in Suricata): unreachable, source quench,
+# redirect, time exceeded, parameter problem
+ICMP4_ERROR_TYPES = (3, 4, 5, 11, 12)
+
+
+def _icmp4_errors(r: _Reader, n: int, rows: np.ndarray, q: np.ndarray, t: np.ndarray,
+                  l4len: np.ndarray) -> dict:
+    """The packet an ICMPv4 error quotes, as Suricata reads it (DecodePartialIPV4): a
+    destination unreachable whose quoted IPv4 header is followed by a whole TCP (20 bytes)
+    or UDP (8 bytes) header is keyed on that tuple."""
+    err = np.zeros(n, dtype=bool)
+    err[rows] = True
+    e = q + 8  # the quoted IPv4 header
+    room = l4len - 8
+    vhl = r.u8(e)
+    ihl = (vhl & 0x0F).astype(np.int64) * 4
+    eproto = r.u8(e + 9)
+    need = np.where(eproto == PROTO_TCP, 20, np.where(eproto == PROTO_UDP, 8, 1 << 20))
+    valid = (t == 3) & (room >= 20) & ((vhl >> 4) == 4) & (ihl >= 20) & (room >= ihl + need)
+    emb = {name: np.zeros(n, dtype=dt) for name, dt in (
+        ("ok", bool), ("src", np.uint64), ("dst", np.uint64), ("sport", np.uint16),
+        ("dport", np.uint16), ("proto", np.uint8))}
+    v = rows[valid]
+    ev = e[valid]
+    eh = ev + ihl[valid]
+    emb["ok"][v] = True
+    emb["src"][v] = r.u32(ev + 12)
+    emb["dst"][v] = r.u32(ev + 16)
+    emb["sport"][v] = r.u16(eh)
+    emb["dport"][v] = r.u16(eh + 2)
+    emb["proto"][v] = eproto[valid]
+    return {"icmp_err": err, "icmp_emb": emb}

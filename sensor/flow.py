@@ -101,6 +101,9 @@ class FlowTable:
         "pkts_ts": np.int64, "pkts_tc": np.int64, "bytes_ts": np.int64, "bytes_tc": np.int64,
         "flags_ts": np.uint8, "flags_tc": np.uint8, "tcp": np.uint8, "state": np.uint8,
         "alerted": np.bool_, "isn": np.uint32, "active": np.bool_,
+        # quoted ICMPv4 errors counted in the flow per direction: they do not make a flow
+        # established (Suricata's FlowUpdateSeenFlag)
+        "q_ts": np.uint32, "q_tc": np.uint32,
     }
 
     def __init__(self, config: FlowConfig, seed: int | None = None):
@@ -129,6 +132,7 @@ class FlowTable:
         self.counters: dict[str, int] = {}
         self.emergency = False
         self.superseded: list[EndedFlows] = []
+        self.any_quoted = False  # a quoted ICMP error was ever counted in a flow
 
     # -- storage ---------------------------------------------------------------------------
     def add_column(self, name: str, dtype: type, default: object = 0) -> None:
@@ -253,13 +257,34 @@ class FlowTable:
         idx = np.flatnonzero(d.ok)
         if not len(idx):
             return _empty_update(), ended
+        if d.icmp_err is not None:
+            idx = idx[~d.icmp_err[idx] | d.icmp_emb["ok"][idx]]  # errors open no flow
+            if not len(idx):
+                return _empty_update(), ended
         sh, sl, dh, dl = d.src_hi[idx], d.src_lo[idx], d.dst_hi[idx], d.dst_lo[idx]
         sp, dp = d.sport[idx], d.dport[idx]
+        proto = d.proto[idx]
+        # direction is decided on the packet's own source and protocol (dsh, dsl, dproto)
+        dsh, dsl, dproto = sh, sl, proto
+        quoted = None
+        if d.icmp_err is not None:
+            quoted = d.icmp_emb["ok"][idx]
+            if quoted.any():
+                # an ICMPv4 unreachable is keyed on the TCP/UDP packet it quotes (Suricata)
+                emb = {k: v[idx] for k, v in d.icmp_emb.items()}
+                sh = np.where(quoted, np.uint64(0), sh)
+                dh = np.where(quoted, np.uint64(0), dh)
+                sl = np.where(quoted, emb["src"], sl)
+                dl = np.where(quoted, emb["dst"], dl)
+                sp = np.where(quoted, emb["sport"], sp)
+                dp = np.where(quoted, emb["dport"], dp)
+                proto = np.where(quoted, emb["proto"], proto)
+            else:
+                quoted = None
         # canonical side 'a' is the smaller (address, port) end
         a_first = (sh < dh) | ((sh == dh) & ((sl < dl) | ((sl == dl) & (sp <= dp))))
         ah, al, ap = np.where(a_first, sh, dh), np.where(a_first, sl, dl), np.where(a_first, sp, dp)
         bh, bl, bp = np.where(a_first, dh, sh), np.where(a_first, dl, sl), np.where(a_first, dp, sp)
-        proto = d.proto[idx]
         h = np.full(len(idx), self.seed, dtype=np.uint64)
         packed = (proto.astype(np.uint64) << np.uint64(32)) | (
             d.vlan0[idx].astype(np.uint64) << np.uint64(16)) | d.vlan1[idx].astype(np.uint64)
@@ -268,6 +293,15 @@ class FlowTable:
         for v in (packed, ah, al, bh, bl,
                   (ap.astype(np.uint64) << np.uint64(16)) | bp.astype(np.uint64)):
             h = _mix(h, v)
+        if quoted is not None:
+            # a quoted packet joins its flow only if that flow is live or opened earlier in
+            # this batch; Suricata never opens a flow for an ICMP error
+            keep = self._quoted_joins(h, quoted, ts_us[idx])
+            if not keep.all():
+                idx, h, sp, dp, proto = idx[keep], h[keep], sp[keep], dp[keep], proto[keep]
+                dsh, dsl, dproto, quoted = dsh[keep], dsl[keep], dproto[keep], quoted[keep]
+                if not len(idx):
+                    return _empty_update(), ended
 
         order = np.argsort(h, kind="stable")
         hs = h[order]
@@ -277,8 +311,8 @@ class FlowTable:
         key_of = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, n]))
         ts = ts_us[pidx]
         fl = d.tcp_flags[pidx]
-        is_tcp = d.proto[pidx] == PROTO_TCP
-        pk = (sh[order], sl[order], sp[order], dp[order], proto[order])
+        is_tcp = proto[order] == PROTO_TCP  # the flow's protocol (a quoted packet's too)
+        pk = (dsh[order], dsl[order], sp[order], dp[order], dproto[order])
 
         # existing flows for each key
         index = self.index
@@ -394,7 +428,11 @@ class FlowTable:
         base_ts = (cum_ts - to_server)[bounds][seg_id]
         ts_before = cum_ts - base_ts - to_server + carry_ts
         tc_before = pos - (cum_ts - base_ts - to_server) + carry_tc
-        both = ((ts_before + to_server) > 0) & ((tc_before + ~to_server) > 0)
+        if quoted is None and not self.any_quoted:
+            both = ((ts_before + to_server) > 0) & ((tc_before + ~to_server) > 0)
+        else:
+            both = self._both_seen(quoted, order, to_server, cont, cslot, seg_id, bounds,
+                                   seg_slot, carry_ts, carry_tc)
         tcp_est = (tcp_bits & T_EST) != 0
         # flow state after the batch
         last_bits = tcp_bits[seg_last]
@@ -423,6 +461,53 @@ class FlowTable:
         back = np.argsort(pidx, kind="stable")
         upd = FlowUpdate(*(getattr(upd, f)[back] for f in upd.__dataclass_fields__))
         return upd, ended
+
+    def _both_seen(self, quoted: np.ndarray | None, order: np.ndarray, to_server: np.ndarray,
+                   cont: np.ndarray, cslot: np.ndarray, seg_id: np.ndarray,
+                   bounds: np.ndarray, seg_slot: np.ndarray, carry_ts: np.ndarray,
+                   carry_tc: np.ndarray) -> np.ndarray:
+        """Both directions seen, counting only packets that are not quoted ICMP errors."""
+        c = self.cols
+        n = len(to_server)
+        qq = np.zeros(n, dtype=bool) if quoted is None else quoted[order]
+        cs = np.maximum(cslot, 0)
+        q_ts = np.where(cont, c["q_ts"][cs], 0)[seg_id].astype(np.int64)
+        q_tc = np.where(cont, c["q_tc"][cs], 0)[seg_id].astype(np.int64)
+        own_ts = (to_server & ~qq).astype(np.int64)
+        own_tc = (~to_server & ~qq).astype(np.int64)
+        cum_ts, cum_tc = np.cumsum(own_ts), np.cumsum(own_tc)
+        seen_ts = cum_ts - (cum_ts - own_ts)[bounds][seg_id] + carry_ts - q_ts
+        seen_tc = cum_tc - (cum_tc - own_tc)[bounds][seg_id] + carry_tc - q_tc
+        if qq.any():
+            self.any_quoted = True
+            c["q_ts"][seg_slot] += np.add.reduceat((to_server & qq).astype(np.int64),
+                                                   bounds).astype(np.uint32)
+            c["q_tc"][seg_slot] += np.add.reduceat((~to_server & qq).astype(np.int64),
+                                                   bounds).astype(np.uint32)
+        return (seen_ts > 0) & (seen_tc > 0)
+
+    def _quoted_joins(self, h: np.ndarray, quoted: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Which packets stay: all but quoted ICMP errors without a flow to join."""
+        q = np.flatnonzero(quoted)
+        slots = np.fromiter(map(self.index.get, h[q].tolist(), repeat(-1)), dtype=np.int64,
+                            count=len(q))
+        live = slots >= 0
+        if live.any():
+            table = self.emergency_us if self.emergency else self.timeout_us
+            live[live] = ts[q[live]] <= self._deadline(slots[live], table)
+        # or a packet of the flow itself came earlier in this batch
+        m = len(h)
+        o = np.lexsort((np.arange(m), h))
+        hs = h[o]
+        first = np.r_[True, hs[1:] != hs[:-1]]
+        own = (~quoted[o]).astype(np.int64)
+        cum = np.cumsum(own)
+        group_base = (cum - own)[np.flatnonzero(first)][np.cumsum(first) - 1]
+        earlier = np.empty(m, dtype=bool)
+        earlier[o] = (cum - own - group_base) > 0
+        keep = ~quoted
+        keep[q] = live | earlier[q]
+        return keep
 
     def _direction(self, cont: np.ndarray, cslot: np.ndarray, seg_first: np.ndarray,
                    seg_id: np.ndarray, pk: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -464,7 +549,7 @@ class FlowTable:
         c["first_cnt"][slots] = first_cnt + p
         c["isn"][slots] = d.tcp_seq[p]
         for name in ("pkts_ts", "pkts_tc", "bytes_ts", "bytes_tc", "flags_ts", "flags_tc",
-                     "tcp", "state"):
+                     "tcp", "state", "q_ts", "q_tc"):
             c[name][slots] = 0
         c["alerted"][slots] = False
         c["active"][slots] = True

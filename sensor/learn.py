@@ -574,7 +574,7 @@ def write_card_section(path: str, args, ws, cal: dict, history: list[dict],
         fams = sorted({f for r in results for f in r["per_family"]})
         w.append("Captures from other seeds than the learning data (alerts aggregated per "
                  f"source and {args.aggregate_seconds:g} s):\n")
-        w.append("| capture | " + " | ".join(fams) + " | false alerts | benign min | "
+        w.append("| capture | " + " | ".join(fams) + " | false alerts | capture min | "
                  "false alerts/hour |")
         w.append("|---|" + "---|" * (len(fams) + 3))
         for r in results:

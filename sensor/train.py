@@ -931,8 +931,7 @@ def _command(args: argparse.Namespace) -> str:
         v = getattr(args, k)
         if v != d:
             parts += [f"--{k.replace('_', '-')}", str(v)]
-    return " \\\n    ".join([" ".join(_quote(p) for p in parts[:1])] + [
-        " ".join(_quote(p) for p in parts[1:])])
+    return " \\\n    ".join([parts[0], " ".join(_quote(p) for p in parts[1:])])
 
 
 def _quote(a: str) -> str:

@@ -21,7 +21,6 @@ import struct
 from collections import Counter
 from dataclasses import dataclass
 
-import dpkt
 import numpy as np
 
 from .capture import BATCH_PAD, LINKTYPE_ETHERNET, LINKTYPE_RAW, PacketBatch
@@ -187,6 +186,8 @@ def _teredo(body: bytes) -> tuple[bytes, int] | None:
 
 
 def _gre(body: bytes) -> tuple[bytes, int] | None:
+    import dpkt  # only when GRE shows up: the import costs more than most replays of it
+
     try:
         gre = dpkt.gre.GRE(body)
     except (dpkt.UnpackError, struct.error, IndexError):

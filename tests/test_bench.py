@@ -81,3 +81,17 @@ def test_replay_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
         assert "netsensor / suricata --runmode single packets/s" in res["ratios"]
     else:
         assert any("Suricata not run" in n for n in res["notes"])
+
+
+def test_replay_bench_reports_a_failing_variant_and_keeps_the_rest(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("replay:\n  no_such_key: 1\n")
+    out = tmp_path / "replay.json"
+    proc = subprocess.run([sys.executable, str(BENCH), str(ROOT / "pcaps" / "formats" /
+                                                           "vlan.pcap"),
+                           "--runs", "1", "--no-suricata", "--no-eve-process", "-c", str(bad),
+                           "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    assert [r["variant"] for r in res["results"]] == ["netsensor"]
+    assert any("failed" in n and "no_such_key" in n for n in res["notes"]), res["notes"]

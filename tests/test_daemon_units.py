@@ -160,3 +160,14 @@ def test_numpy_and_onnxruntime_run_under_memory_deny_write_execute() -> None:
     if res.returncode == 77:
         pytest.skip("kernel without PR_SET_MDWE (needs Linux 6.3)")
     assert res.returncode == 0, res.stderr
+
+
+def test_aggregate_sums_traffic_but_not_the_rule_set() -> None:
+    from sensor.daemon import aggregate
+
+    w = {"decoder.pkts": 10, "detect.engines.rules_loaded": 19,
+         "detect.engines.rules_failed": 2, "capture.kernel_packets": 10}
+    out = aggregate({0: dict(w), 1: dict(w, **{"decoder.pkts": 5})})
+    assert out["decoder.pkts"] == 15
+    assert out["detect.engines.rules_loaded"] == 19
+    assert out["detect.engines.rules_failed"] == 2

@@ -42,9 +42,9 @@ RULE_ENGINE = _has_rule_stage()
 # Cases where netsensor's engine (sensor/detect/rules) still differs from Suricata, with
 # the cause seen in the diff. strict xfail: once the engine matches, the case XPASSes and
 # this test fails until the entry is removed. Measured 2026-11-23 13:13 UTC.
-KNOWN_ENGINE_DIFFERENCES = {
-    "scan-udp": "ICMP port unreachable: Suricata attaches it to the UDP flow it quotes "
-                "(that UDP flow is `alerted`); netsensor marks a separate ICMP flow",
+KNOWN_ENGINE_DIFFERENCES: dict[str, str] = {
+    # "scan-udp" (ICMP port unreachable attached to the quoted UDP flow) agrees since
+    # sensor.flow keys ICMPv4 errors on the packet they quote, as Suricata does
 }
 
 

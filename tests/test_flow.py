@@ -301,3 +301,55 @@ def json_without_id(line: str) -> str:
     ev = json.loads(line)
     del ev["flow_id"]
     return json.dumps(ev, sort_keys=True)
+
+
+def test_icmp4_errors_join_the_quoted_flow_or_open_none(tmp_path: Path) -> None:
+    """As Suricata 7.0.10 does (checked with it on these very packets): a port unreachable
+    quoting a UDP packet counts as a to-client packet of that UDP flow; ICMPv4 errors with
+    no flow to join (time exceeded, unreachable for an unknown flow) open no flow; an
+    ICMPv6 unreachable is an ICMPv6 flow of its own."""
+    from scapy.layers.inet6 import ICMPv6DestUnreach, IPv6
+
+    u = IP(src=CLI, dst=SRV) / UDP(sport=5555, dport=9) / Raw(b"hello")
+    u_other = IP(src=CLI, dst="10.0.0.3") / UDP(sport=5556, dport=9) / Raw(b"hello")
+    t = IP(src=CLI, dst=SRV) / TCP(sport=4444, dport=80, flags="S")
+    u6 = IPv6(src="fd00::1", dst="fd00::2") / UDP(sport=7777, dport=9) / Raw(b"x")
+    frames = [eth(u),
+              eth(IP(src=SRV, dst=CLI) / ICMP(type=3, code=3) / bytes(u)[:28]),
+              eth(IP(src="10.0.0.5", dst=CLI) / ICMP(type=3, code=1) / bytes(u_other)[:28]),
+              eth(t),
+              eth(IP(src="10.0.0.9", dst=CLI) / ICMP(type=11, code=0) / bytes(t)[:28]),
+              eth(u6),
+              eth(IPv6(src="fd00::2", dst="fd00::1") / ICMPv6DestUnreach(code=4) / bytes(u6))]
+    for batch_size in (65536, 1):
+        sink, _ = replay_frames(tmp_path, frames, times(len(frames)), batch_size=batch_size,
+                                name=f"e{batch_size}.pcap")
+        got = sorted((f["proto"], f.get("src_port", -1), f["flow"]["pkts_toserver"],
+                      f["flow"]["pkts_toclient"], f["flow"]["bytes_toserver"],
+                      f["flow"]["bytes_toclient"]) for f in flows_of(sink))
+        assert got == sorted([("UDP", 5555, 1, 1, len(frames[0]), len(frames[1])),
+                              ("TCP", 4444, 1, 0, len(frames[3]), 0),
+                              ("UDP", 7777, 1, 0, len(frames[5]), 0),
+                              ("IPv6-ICMP", -1, 1, 0, len(frames[6]), 0)]), batch_size
+        # the quoted error does not count as an answer: the UDP flow stays "new"
+        (udp,) = [f for f in flows_of(sink) if f.get("src_port") == 5555]
+        assert udp["flow"]["state"] == "new"
+    # a real answer after the error does establish it
+    frames.append(eth(IP(src=SRV, dst=CLI) / UDP(sport=9, dport=5555) / Raw(b"late")))
+    sink, _ = replay_frames(tmp_path, frames, times(len(frames)), batch_size=1, name="l.pcap")
+    (udp,) = [f for f in flows_of(sink) if f.get("src_port") == 5555]
+    assert udp["flow"]["state"] == "established" and udp["flow"]["pkts_toclient"] == 2
+
+
+def test_icmp4_error_without_flow_before_one_with_flow(tmp_path: Path) -> None:
+    """An error that opens nothing, then a UDP flow, its unreachable and a real answer, all
+    in one batch: the dropped error must not shift which packets count as quoted."""
+    u = IP(src=CLI, dst=SRV) / UDP(sport=6000, dport=53) / Raw(b"q")
+    other = IP(src=CLI, dst="10.0.0.7") / UDP(sport=6001, dport=53) / Raw(b"q")
+    frames = [eth(IP(src="10.0.0.7", dst=CLI) / ICMP(type=3, code=3) / bytes(other)[:28]),
+              eth(u), eth(IP(src=SRV, dst=CLI) / ICMP(type=3, code=3) / bytes(u)[:28]),
+              eth(IP(src=SRV, dst=CLI) / UDP(sport=53, dport=6000) / Raw(b"a"))]
+    sink, _ = replay_frames(tmp_path, frames, times(len(frames)))
+    (f,) = flows_of(sink)
+    assert (f["src_port"], f["flow"]["pkts_toserver"], f["flow"]["pkts_toclient"]) == (6000, 1, 2)
+    assert f["flow"]["state"] == "established"

@@ -155,3 +155,24 @@ def test_pending_packets_are_bounded(tmp_path: Path) -> None:
     pipe.finish()
     assert sum(seen) == 400
     assert stage.stats["windows_forced"] > 0
+
+
+def test_tcp_port_reuse_in_one_batch_gives_separate_windows(tmp_path: Path) -> None:
+    """Two TCP sessions on the same ports in one batch are two flows: their packets never
+    share a window, and the first session's window closes when it ends."""
+    def seg(src: str, dst: str, sp: int, dp: int, flags: str) -> bytes:
+        return bytes(Ether(**MACS) / IP(src=src, dst=dst) / TCP(sport=sp, dport=dp,
+                                                                flags=flags))
+
+    one = [seg(CLI, SRV, 40000, 80, "S"), seg(SRV, CLI, 80, 40000, "SA"),
+           seg(CLI, SRV, 40000, 80, "A"), seg(CLI, SRV, 40000, 80, "FA"),
+           seg(SRV, CLI, 80, 40000, "FA"), seg(CLI, SRV, 40000, 80, "A")]
+    frames = one + one
+    path = write_pcap(tmp_path / "reuse.pcap", frames, [T0 + i * 0.01 for i in range(12)])
+    for bs in (65536, 1):
+        wins, _ = run_windows(path, WindowConfig(enabled=True, seconds=100, packets=100),
+                              batch_size=bs)
+        assert [w["n"] for w in wins] == [6, 6], bs
+        assert wins[0]["flow_id"] != wins[1]["flow_id"]
+        assert wins[0]["tcp_flags"] == wins[1]["tcp_flags"] == [0x02, 0x12, 0x10, 0x11, 0x11,
+                                                                0x10]

@@ -76,7 +76,7 @@ class EveFileSink:
         if not lines:
             return
         self._pending.extend(lines)
-        self._pending_bytes += sum(len(x) for x in lines) + len(lines)
+        self._pending_bytes += sum(map(len, lines)) + len(lines)
         if self._pending_bytes >= self.FLUSH_AT:
             self.flush()
 

@@ -42,6 +42,10 @@ from .thresholding import Thresholds
 ACTION_ORDER = {"pass": 0, "drop": 1, "reject": 2, "alert": 3}
 PACKET_ALERT_MAX = 15  # Suricata's packet-alert-max default
 PORT_PROTOS = (6, 17, 132)
+# Alert lines put this string where the `alert` object goes and then splice in the rule's
+# pre-encoded object: its encoding ("\u0000" escapes) cannot occur in the fields before it
+_ALERT_MARK = "\x00alert\x00"
+_ALERT_MARK_JSON = dumps(_ALERT_MARK)
 ICMP_ECHO = {PROTO_ICMP: (0, 8, 13, 14, 15, 16, 17, 18), PROTO_ICMPV6: (128, 129)}
 DEFAULT_CLASSIFICATION = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
@@ -74,6 +78,7 @@ class CompiledRule:
     signature: dict[str, Any]
     metadata: dict[str, list[str]] | None
     summary: str  # "[gid:sid:rev] msg", for the replay summary
+    alert_json: str = ""  # EVE `alert` object of the rule's usual alert, encoded
 
 
 def _header_key(r: Rule) -> tuple:
@@ -194,22 +199,87 @@ class View:
         return len(self.slot)
 
 
-def _addr_mask(aset: Any, ipver: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+@dataclass
+class _Side:
+    """One address side of a view, split by IP version once for all address sets."""
+
+    v4: np.ndarray  # positions of IPv4 packets
+    v4_addr: np.ndarray  # their addresses, uint32
+    v6: np.ndarray  # positions of IPv6 packets
+    v6_uniq: list[int]  # their distinct addresses, as Python ints
+    v6_inv: np.ndarray  # per IPv6 packet: index into v6_uniq
+
+
+def _side(ipver: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> _Side:
+    v4 = np.flatnonzero(ipver == 4)
+    v6 = np.flatnonzero(ipver == 6)
+    uniq: list[int] = []
+    inv = np.zeros(0, dtype=np.int64)
+    if len(v6):
+        pairs = np.stack([hi[v6], lo[v6]], axis=1)
+        u, inv = np.unique(pairs, axis=0, return_inverse=True)
+        uniq = [(int(h) << 64) | int(low) for h, low in u.tolist()]
+        inv = inv.reshape(-1)
+    return _Side(v4, lo[v4].astype(np.uint32), v6, uniq, inv)
+
+
+def _addr_mask(aset: Any, n: int, side: _Side) -> np.ndarray:
     if aset.is_any:
-        return np.ones(len(ipver), dtype=bool)
-    out = np.zeros(len(ipver), dtype=bool)
-    v4 = ipver == 4
-    if v4.any():
-        out[v4] = aset.mask_v4(lo[v4].astype(np.uint32))
-    v6 = ipver == 6
-    if v6.any():
-        idx = np.flatnonzero(v6)
-        pairs = np.stack([hi[idx], lo[idx]], axis=1)
-        uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
-        got = np.array([aset.contains((int(h) << 64) | int(low), True) for h, low in uniq],
-                       dtype=bool)
-        out[idx] = got[inv.reshape(-1)]
+        return np.ones(n, dtype=bool)
+    out = np.zeros(n, dtype=bool)
+    if len(side.v4):
+        out[side.v4] = aset.mask_v4(side.v4_addr)
+    if len(side.v6):
+        got = np.array([aset.contains(a, True) for a in side.v6_uniq], dtype=bool)
+        out[side.v6] = got[side.v6_inv]
     return out
+
+
+@dataclass
+class _BufferGroup:
+    """The payload rules that may inspect one kind of buffer, keyed on fast patterns."""
+
+    prefilter: Prefilter
+    fp_rule_arr: list[np.ndarray]  # per pattern id: rule orders
+    fp_counts: np.ndarray
+    nofp_arr: np.ndarray  # rules without a fast pattern: candidates for every buffer
+
+    @staticmethod
+    def build(rules: list[CompiledRule]) -> _BufferGroup:
+        pats: dict[bytes, int] = {}
+        by_pat: list[list[int]] = []
+        nofp: list[int] = []
+        for cr in rules:
+            fp = fast_pattern(cr.rule.payload)
+            if fp is None:
+                nofp.append(cr.order)
+                continue
+            pid = pats.setdefault(fp, len(pats))
+            if pid == len(by_pat):
+                by_pat.append([])
+            by_pat[pid].append(cr.order)
+        return _BufferGroup(Prefilter(list(pats)),
+                            [np.asarray(v, dtype=np.int64) for v in by_pat],
+                            np.asarray([len(v) for v in by_pat], dtype=np.int64),
+                            np.asarray(nofp, dtype=np.int64))
+
+    def candidates(self, bufs: list[bytes]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(buffer index, rule order) of every rule whose fast pattern the buffer holds,
+        plus every rule without a fast pattern."""
+        lens = np.fromiter((len(b) for b in bufs), dtype=np.int64, count=len(bufs))
+        starts = np.cumsum(lens) - lens
+        pairs_u, pairs_p = self.prefilter.search(b"".join(bufs), starts, starts + lens)
+        cand_u: list[np.ndarray] = []
+        cand_r: list[np.ndarray] = []
+        if len(pairs_u):
+            cand_u.append(np.repeat(pairs_u, self.fp_counts[pairs_p]))
+            cand_r.append(np.concatenate([self.fp_rule_arr[p] for p in pairs_p.tolist()]))
+        if len(self.nofp_arr):
+            cand_u.append(np.repeat(np.arange(len(bufs)), len(self.nofp_arr)))
+            cand_r.append(np.tile(self.nofp_arr, len(bufs)))
+        if not cand_u:
+            return None
+        return np.concatenate(cand_u), np.concatenate(cand_r)
 
 
 def _has_tfo(data: np.ndarray, l4: int, payload_at: int) -> bool:
@@ -287,6 +357,9 @@ class RuleStage:
         eve = cfg.outputs.eve
         self.with_cid = eve.community_id
         self.cid_seed = eve.community_id_seed
+        self._set_ids: dict[Any, int] = {}
+        self._rule_ids: dict[int, tuple[int, int, int, int, int]] = {}
+        self._rule_keep: list[Rule] = []
         self._compile(self.ruleset.rules)
         self.flowbits: dict[int, set[str]] = {}
         self.sessions: dict[int, Session] = {}
@@ -331,27 +404,24 @@ class RuleStage:
                 **_stream_flags(r),
                 iponly=_is_iponly(r), like_iponly=_is_like_iponly(r), signature=sig,
                 metadata=_metadata(r), summary=f"[{r.gid}:{r.sid}:{r.rev}] {r.msg}"))
-        # fast patterns
-        pats: dict[bytes, int] = {}
-        self.fp_rules: list[list[int]] = []
-        self.nofp_rules: list[int] = []
-        self.header_rules: list[int] = []
-        for cr in self.rules:
-            if not cr.has_payload:
-                self.header_rules.append(cr.order)
-                continue
-            fp = fast_pattern(cr.rule.payload)
-            if fp is None:
-                self.nofp_rules.append(cr.order)
-                continue
-            pid = pats.setdefault(fp, len(pats))
-            if pid == len(self.fp_rules):
-                self.fp_rules.append([])
-            self.fp_rules[pid].append(cr.order)
-        self.prefilter = Prefilter(list(pats))
+            cr = self.rules[-1]
+            cr.alert_json = dumps({**sig, "metadata": cr.metadata} if cr.metadata else sig)
+        self.header_rules = [cr.order for cr in self.rules if not cr.has_payload]
         ipo = [(o, self.rules[o].rule) for o in self.header_rules if self.rules[o].iponly]
         self.ipo_src, self.ipo_dst, self.ipo_rest = split_indexable(ipo)
-        self.fp_rule_arr = [np.asarray(v, dtype=np.int64) for v in self.fp_rules]
+        # one prefilter per kind of buffer, holding only the rules that inspect that kind:
+        # stream data; the payload of a packet that went into the stream (rules that
+        # need the packet); the payload of any other packet
+        payload = [cr for cr in self.rules if cr.has_payload]
+        self.buffer_groups = (
+            _BufferGroup.build([cr for cr in payload if cr.req_stream]),
+            _BufferGroup.build([cr for cr in payload if not cr.req_stream or cr.req_packet]),
+            _BufferGroup.build([cr for cr in payload if not cr.req_stream or cr.req_packet or
+                                not cr.only_stream]))
+        self.pk_of = np.asarray([cr.prekey for cr in self.rules], dtype=np.int64)
+        self.req_p = np.asarray([cr.req_packet for cr in self.rules], dtype=bool)
+        self.req_s = np.asarray([cr.req_stream for cr in self.rules], dtype=bool)
+        self.only_s = np.asarray([cr.only_stream for cr in self.rules], dtype=bool)
 
     # -- stage protocol ------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
@@ -497,6 +567,7 @@ class RuleStage:
         # inspection buffers
         units: list[tuple[int, int, bytes]] = []
         data = batch.data
+        raw = data.tobytes()  # slicing bytes is cheaper than numpy slice + tobytes per packet
         poff = d.poff[idx]
         plen = view.plen
         stream_pkt = active & is_tcp & ((mode == MODE_SESSION) | (mode == MODE_MIDSTREAM))
@@ -519,7 +590,7 @@ class RuleStage:
                 if sess is None:
                     sess = sessions[fid] = Session()
                 n = len_l[j]
-                payload = data[off_l[j]:off_l[j] + n].tobytes() if n > 0 else b""
+                payload = raw[off_l[j]:off_l[j] + n] if n > 0 else b""
                 if payload and fl_l[j] & 0x02:
                     if not _has_tfo(data, int(l4[sp[j]]), off_l[j]):
                         payload = b""  # SYN data without Fast Open: packet inspection
@@ -537,7 +608,7 @@ class RuleStage:
         if len(pk):
             for pos, o, n in zip(pk.tolist(), poff[pk].tolist(), plen[pk].tolist(),
                                  strict=True):
-                units.append((pos, UNIT_PACKET, data[o:o + n].tobytes()))
+                units.append((pos, UNIT_PACKET, raw[o:o + n]))
         return view, units
 
     # -- matching ------------------------------------------------------------------------
@@ -547,7 +618,7 @@ class RuleStage:
         n = len(v)
         for pk in needed:
             r = self.prekey_rules[pk]
-            hk = _header_key(r)
+            hk = self._ids(r)[0]
             m = hmasks.get(hk)
             if m is None:
                 m = self._header_mask(r, v)
@@ -577,6 +648,18 @@ class RuleStage:
             out.append((pos[keep], rules[keep]))
         return out
 
+    def _ids(self, r: Rule) -> tuple[int, int, int, int, int]:
+        """Small ints for r's header and its address and port sets (equal value, equal
+        id), so the per-batch mask caches do not hash the sets again and again."""
+        got = self._rule_ids.get(id(r))
+        if got is None:
+            intern = self._set_ids
+            got = tuple(intern.setdefault(x, len(intern)) for x in (
+                _header_key(r), r.src, r.dst, r.src_ports, r.dst_ports))
+            self._rule_ids[id(r)] = got
+            self._rule_keep.append(r)  # keeps id(r) unique while cached
+        return got  # type: ignore[return-value]
+
     def _header_mask(self, r: Rule, v: View) -> np.ndarray:
         if getattr(self, "_cache_view", None) is not v:  # address/port masks of this view
             self._cache_view = v
@@ -596,20 +679,23 @@ class RuleStage:
         if not m.any():
             return m
         cache = self._cache
+        _, src_id, dst_id, sp_id, dp_id = self._ids(r)
 
         def addr(aset: Any, side: str) -> np.ndarray:
-            key = ("a", side, aset)
+            key = ("a", side, src_id if aset is r.src else dst_id)
             got = cache.get(key)
             if got is None:
-                if side == "s":
-                    got = _addr_mask(aset, v.ipver, v.src_hi, v.src_lo)
-                else:
-                    got = _addr_mask(aset, v.ipver, v.dst_hi, v.dst_lo)
+                split = cache.get(("side", side))
+                if split is None:
+                    split = cache[("side", side)] = (
+                        _side(v.ipver, v.src_hi, v.src_lo) if side == "s"
+                        else _side(v.ipver, v.dst_hi, v.dst_lo))
+                got = _addr_mask(aset, n, split)
                 cache[key] = got
             return got
 
         def port(pset: Any, side: str) -> np.ndarray:
-            key = ("p", side, pset)
+            key = ("p", side, sp_id if pset is r.src_ports else dp_id)
             got = cache.get(key)
             if got is None:
                 got = pset.mask(v.sport if side == "s" else v.dport)
@@ -740,72 +826,11 @@ class RuleStage:
                 rule_out.append(np.full(len(hit), o, dtype=np.int64))
                 str_out.append(np.zeros(len(hit), dtype=bool))
         if units:
-            u_pos = np.fromiter((u[0] for u in units), dtype=np.int64, count=len(units))
-            u_kind = np.fromiter((u[1] for u in units), dtype=np.int8, count=len(units))
-            bufs = [u[2] for u in units]
-            lens = np.fromiter((len(b) for b in bufs), dtype=np.int64, count=len(bufs))
-            starts = np.cumsum(lens) - lens
-            ends = starts + lens
-            joined = np.frombuffer(b"".join(bufs), dtype=np.uint8)
-            added = self._added[u_pos] if hasattr(self, "_added") and len(self._added) == len(
-                v) else np.zeros(len(units), dtype=bool)
-            pairs_u, pairs_p = self.prefilter.search(joined, starts, ends)
-            cand_u: list[np.ndarray] = []
-            cand_r: list[np.ndarray] = []
-            if len(pairs_u):
-                counts = np.array([len(self.fp_rules[p]) for p in range(len(self.fp_rules))])
-                rep = counts[pairs_p]
-                cu = np.repeat(pairs_u, rep)
-                cr_ = np.concatenate([self.fp_rule_arr[p] for p in pairs_p.tolist()])
-                cand_u.append(cu)
-                cand_r.append(cr_)
-            if self.nofp_rules:
-                nofp = np.asarray(self.nofp_rules, dtype=np.int64)
-                cand_u.append(np.repeat(np.arange(len(units)), len(nofp)))
-                cand_r.append(np.tile(nofp, len(units)))
-            if cand_u:
-                cu = np.concatenate(cand_u)
-                crr = np.concatenate(cand_r)
-                pos = u_pos[cu]
-                # header/keyword masks and buffer eligibility, vectorised per prekey
-                keep = np.zeros(len(cu), dtype=bool)
-                pk_of = np.array([cr.prekey for cr in self.rules], dtype=np.int64)
-                rp = np.array([cr.req_packet for cr in self.rules], dtype=bool)
-                rs = np.array([cr.req_stream for cr in self.rules], dtype=bool)
-                ros = np.array([cr.only_stream for cr in self.rules], dtype=bool)
-                pks = pk_of[crr]
-                need = set(np.unique(pks).tolist()) - set(masks)
-                if need:
-                    masks.update(self._prekey_masks(v, need))
-                for pk in np.unique(pks).tolist():
-                    sel = pks == pk
-                    keep[sel] = masks[pk][pos[sel]]
-                kind = u_kind[cu]
-                is_stream = kind == UNIT_STREAM
-                req_p, req_s, only_s = rp[crr], rs[crr], ros[crr]
-                elig = np.where(is_stream, req_s,
-                                ~req_s | req_p | (~added[cu] & ~only_s))
-                keep &= elig
-                sel = np.flatnonzero(keep)
-                got_pos: list[int] = []
-                got_rule: list[int] = []
-                got_str: list[bool] = []
-                lower_cache: dict[int, bytes] = {}
-                for k in sel.tolist():
-                    ui = int(cu[k])
-                    o = int(crr[k])
-                    buf = bufs[ui]
-                    low = lower_cache.get(ui)
-                    if low is None:
-                        low = lower_cache[ui] = buf.lower()
-                    if match_payload(self.rules[o].rule.payload, buf, low):
-                        got_pos.append(int(u_pos[ui]))
-                        got_rule.append(o)
-                        got_str.append(bool(is_stream[k]))
-                if got_pos:
-                    pos_out.append(np.asarray(got_pos, dtype=np.int64))
-                    rule_out.append(np.asarray(got_rule, dtype=np.int64))
-                    str_out.append(np.asarray(got_str, dtype=bool))
+            got = self._payload_matches(v, units)
+            if got is not None:
+                pos_out.append(got[0])
+                rule_out.append(got[1])
+                str_out.append(got[2])
         if not pos_out:
             z = np.zeros(0, dtype=np.int64)
             return z, z, np.zeros(0, dtype=bool)
@@ -817,6 +842,78 @@ class RuleStage:
         # one match per (packet, rule); a stream match wins
         first = np.r_[True, (p[1:] != p[:-1]) | (r[1:] != r[:-1])]
         return p[first], r[first], s[first]
+
+    def _payload_matches(self, v: View, units: list[tuple[int, int, bytes]],
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(position, rule order, stream match) of the payload rules that matched.
+
+        The prefilter pairs buffers with the rules of the fast patterns they hold; buffer
+        eligibility (stream or packet data) and then the header and keyword masks drop
+        pairs before the exact evaluation. Masks are computed only for the prekeys of the
+        pairs left, and only on the packets those pairs are about.
+        """
+        u_pos = np.fromiter((u[0] for u in units), dtype=np.int64, count=len(units))
+        u_stream = np.fromiter((u[1] == UNIT_STREAM for u in units), dtype=bool,
+                               count=len(units))
+        if hasattr(self, "_added") and len(self._added) == len(v):
+            added = self._added[u_pos]
+        else:
+            added = np.zeros(len(units), dtype=bool)
+        bufs = [u[2] for u in units]
+        kind = np.where(u_stream, 0, np.where(added, 1, 2))
+        cand_u: list[np.ndarray] = []
+        cand_r: list[np.ndarray] = []
+        for k, group in enumerate(self.buffer_groups):
+            idx = np.flatnonzero(kind == k)
+            if not len(idx):
+                continue
+            got = group.candidates([bufs[i] for i in idx.tolist()])
+            if got is not None:
+                cand_u.append(idx[got[0]])
+                cand_r.append(got[1])
+        if not cand_u:
+            return None
+        cu = np.concatenate(cand_u)
+        crr = np.concatenate(cand_r)
+        # buffer eligibility: stream buffers for stream rules; a packet's own payload for
+        # packet rules, and for stream rules when it never entered the stream
+        is_stream = u_stream[cu]
+        req_p, req_s, only_s = self.req_p[crr], self.req_s[crr], self.only_s[crr]
+        elig = np.flatnonzero(np.where(is_stream, req_s,
+                                       ~req_s | req_p | (~added[cu] & ~only_s)))
+        cu, crr, is_stream = cu[elig], crr[elig], is_stream[elig]
+        if not len(cu):
+            return None
+        # header/keyword masks, per prekey, on the packets of the candidates only
+        sub_idx, spos = np.unique(u_pos[cu], return_inverse=True)
+        spos = spos.reshape(-1)
+        sub = _subview(v, sub_idx)
+        pks = self.pk_of[crr]
+        upk, pk_inv = np.unique(pks, return_inverse=True)
+        masks = self._prekey_masks(sub, set(upk.tolist()))
+        allm = np.stack([masks[pk] for pk in upk.tolist()])  # [prekey, packet]
+        keep = allm[pk_inv.reshape(-1), spos]
+        sel = np.flatnonzero(keep)
+        got_pos: list[int] = []
+        got_rule: list[int] = []
+        got_str: list[bool] = []
+        lower_cache: dict[int, bytes] = {}
+        rules = self.rules
+        u_pos_l = u_pos.tolist()
+        for ui, o, st in zip(cu[sel].tolist(), crr[sel].tolist(), is_stream[sel].tolist(),
+                             strict=True):
+            buf = bufs[ui]
+            low = lower_cache.get(ui)
+            if low is None:
+                low = lower_cache[ui] = buf.lower()
+            if match_payload(rules[o].rule.payload, buf, low):
+                got_pos.append(u_pos_l[ui])
+                got_rule.append(o)
+                got_str.append(st)
+        if not got_pos:
+            return None
+        return (np.asarray(got_pos, dtype=np.int64), np.asarray(got_rule, dtype=np.int64),
+                np.asarray(got_str, dtype=bool))
 
     # -- decisions and output ------------------------------------------------------------
     def _run(self, v: View, units: list[tuple[int, int, bytes]], flows: FlowTable | None,
@@ -835,6 +932,7 @@ class RuleStage:
         th = self.thresholds
         slot_l = v.slot.tolist()
         passed_flows: set[int] = set()
+        cols: tuple[list[int], ...] | None = None
         for pos_i, o, is_stream in zip(pos_l, rule_l, str_l, strict=True):
             if pos_i == passed_pkt or (passed_flows and slot_l[pos_i] in passed_flows):
                 continue
@@ -877,16 +975,20 @@ class RuleStage:
                 continue
             if r.noalert:
                 continue
-            src = (int(v.ipver[pos_i]), int(v.src_hi[pos_i]), int(v.src_lo[pos_i]))
-            dst = (int(v.ipver[pos_i]), int(v.dst_hi[pos_i]), int(v.dst_lo[pos_i]))
+            if cols is None:  # Python ints of the columns below, once per call
+                cols = tuple(a.tolist() for a in (v.ipver, v.src_hi, v.src_lo, v.dst_hi,
+                                                  v.dst_lo, v.ts))
+            ipv, sh, sl, dh, dl, ts_l = cols
+            src = (ipv[pos_i], sh[pos_i], sl[pos_i])
+            dst = (ipv[pos_i], dh[pos_i], dl[pos_i])
             if th.suppress(r.gid, r.sid, src, dst):
                 self.stats["detect.alerts_suppressed"] += 1
                 continue
             thr = th.threshold_for(r.gid, r.sid, r.threshold or r.detection_filter)
-            if thr is not None and not th.allow(r.gid, r.sid, thr, int(v.ts[pos_i]), src, dst):
+            if thr is not None and not th.allow(r.gid, r.sid, thr, ts_l[pos_i], src, dst):
                 self.stats["detect.alerts_suppressed"] += 1
                 continue
-            new_action = th.rate_action(r.gid, r.sid, int(v.ts[pos_i]), src, dst) \
+            new_action = th.rate_action(r.gid, r.sid, ts_l[pos_i], src, dst) \
                 if th.rate_filters else None
             if new_action == "pass":  # Suricata 7.0.10 logs nothing then
                 continue
@@ -981,14 +1083,18 @@ class RuleStage:
             ev["pkt_src"] = v.pkt_src
             if self.with_cid:
                 ev["community_id"] = self._cid(c, row, col["flow_id"][k])
-            alert = dict(cr.signature)
-            if action:
-                alert["action"] = action
-            if cr.rule.target is not None:
-                _source_target(alert, cr.rule.target, ev)
-            if cr.metadata:
-                alert["metadata"] = cr.metadata
-            ev["alert"] = alert
+            spliced = not action and cr.rule.target is None
+            if spliced:  # the rule's alert object, encoded once (see _ALERT_MARK)
+                ev["alert"] = _ALERT_MARK
+            else:
+                alert = dict(cr.signature)
+                if action:
+                    alert["action"] = action
+                if cr.rule.target is not None:
+                    _source_target(alert, cr.rule.target, ev)
+                if cr.metadata:
+                    alert["metadata"] = cr.metadata
+                ev["alert"] = alert
             if v.outer is not None:
                 ev["tunnel"] = v.outer[at[k]]
             ev["direction"] = "to_server" if col["ts_dir"][k] else "to_client"
@@ -1003,7 +1109,10 @@ class RuleStage:
                 fl["src_port"] = fcol["cli_port"][k]
                 fl["dest_port"] = fcol["srv_port"][k]
             ev["flow"] = fl
-            lines.append(dumps(ev))
+            line = dumps(ev)
+            if spliced:
+                line = line.replace(_ALERT_MARK_JSON, cr.alert_json, 1)
+            lines.append(line)
             self.alert_sigs.append(cr.summary)
         c["alerted"][rws] = True
         return lines

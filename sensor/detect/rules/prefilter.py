@@ -11,6 +11,7 @@ Python work scales with hits, not with packets x rules.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,7 @@ def fast_pattern(payload: tuple[PayloadMatch, ...]) -> bytes | None:
     return None if best is None else best.pattern.lower()
 
 
+@functools.lru_cache(maxsize=65536)
 def _window(pat: bytes) -> int:
     """Start of the 4-byte window of `pat` with the fewest common bytes."""
     if len(pat) <= 4:
@@ -63,7 +65,8 @@ class _Table:
     entry_count: np.ndarray
     entry_pid: np.ndarray
     entry_k: np.ndarray
-    top: np.ndarray  # bool[65536]: some value has these top 16 bits
+    top: np.ndarray  # bool[65536] (glen 1: bool[256]): some value starts with these bytes
+    top3: np.ndarray | None  # glen 4: packed bits (little) over the first three bytes
 
 
 class Prefilter:
@@ -71,7 +74,6 @@ class Prefilter:
 
     def __init__(self, patterns: list[bytes]):
         self.patterns = patterns
-        self.pat_arrays = [np.frombuffer(p, dtype=np.uint8) for p in patterns]
         by_len: dict[int, list[tuple[int, int, int]]] = {}
         for pid, pat in enumerate(patterns):
             k = _window(pat)
@@ -83,13 +85,40 @@ class Prefilter:
             entries.sort()
             vals = np.array([e[0] for e in entries], dtype=np.uint32)
             uniq, first, counts = np.unique(vals, return_index=True, return_counts=True)
-            top = np.zeros(65536, dtype=bool)
+            top = np.zeros(65536 if glen > 1 else 256, dtype=bool)
             top[(uniq >> max(0, 8 * glen - 16)).astype(np.int64)] = True
+            top3 = None
+            if glen == 4:
+                bits = np.zeros(1 << 24, dtype=bool)
+                bits[(uniq >> 8).astype(np.int64)] = True
+                top3 = np.packbits(bits, bitorder="little")  # 2 MiB
             self.tables.append(_Table(glen, uniq, first, counts,
                                       np.array([e[1] for e in entries], dtype=np.int64),
-                                      np.array([e[2] for e in entries], dtype=np.int64), top))
+                                      np.array([e[2] for e in entries], dtype=np.int64), top,
+                                      top3))
+        # one map over the first two bytes of every window (bit i: table i has a window
+        # starting with them; a 1-byte window takes every second byte): most positions of
+        # a buffer fail it, and only the rest are looked at per table
+        self.top2 = np.zeros(65536, dtype=np.uint8)
+        for i, t in enumerate(self.tables):
+            if t.glen > 1:
+                self.top2[t.top] |= np.uint8(1 << i)
+            else:
+                self.top2[np.repeat(np.flatnonzero(t.top) * 256, 256) +
+                          np.tile(np.arange(256), int(t.top.sum()))] |= np.uint8(1 << i)
+        # patterns by length, stacked, for one vectorised verification per length
+        self.pat_len = np.array([len(p) for p in patterns], dtype=np.int64)
+        self.by_len: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # len -> (pids, rows)
+        row_of = np.zeros(len(patterns), dtype=np.int64)
+        for length in sorted(set(self.pat_len.tolist())):
+            pids = np.flatnonzero(self.pat_len == length)
+            row_of[pids] = np.arange(len(pids))
+            mat = np.frombuffer(b"".join(patterns[i] for i in pids.tolist()),
+                                dtype=np.uint8).reshape(len(pids), length)
+            self.by_len[length] = (pids, mat)
+        self.row_of = row_of
 
-    def search(self, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+    def search(self, buf: bytes, starts: np.ndarray, ends: np.ndarray,
                ) -> tuple[np.ndarray, np.ndarray]:
         """(unit, pattern id) pairs, unique, for units buf[starts[u]:ends[u]].
 
@@ -97,26 +126,38 @@ class Prefilter:
         """
         if not self.patterns or len(buf) == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        low = _LOWER[buf]
-        n = len(low)
-        out_u: list[np.ndarray] = []
-        out_p: list[np.ndarray] = []
-        padded = np.concatenate([low, np.zeros(4, dtype=np.uint8)]).astype(np.uint32)
-        g4 = (padded[:n] << 24) | (padded[1:n + 1] << 16) | (padded[2:n + 2] << 8) | \
-            padded[3:n + 3]
-        for t in self.tables:
-            g = g4 >> (8 * (4 - t.glen)) if t.glen < 4 else g4
-            # a 64 KiB bitmap on the top 16 bits drops most positions before the exact
-            # (binary search) membership test
-            cand = np.flatnonzero(t.top[g >> max(0, 8 * t.glen - 16)])
+        n = len(buf)
+        low = np.frombuffer(bytes(buf).lower() + b"\0\0\0\0", dtype=np.uint8)
+        # big-endian 16-bit value of bytes (i, i+1) at every position i, as a strided view
+        pair = np.ndarray((n + 2,), dtype=">u2", buffer=low, strides=(1,))
+        tbits = self.top2[pair[:n]]
+        cand2 = np.flatnonzero(tbits)
+        tbits = tbits[cand2]
+        pids: list[np.ndarray] = []
+        poss: list[np.ndarray] = []
+        for i, t in enumerate(self.tables):
+            cand = cand2[(tbits & np.uint8(1 << i)) != 0] if len(self.tables) > 1 else cand2
+            if t.glen == 1:
+                g = low[cand].astype(np.uint32)
+            else:
+                hi = pair[cand].astype(np.uint32)
+                if t.glen == 2:
+                    g = hi
+                elif t.glen == 3:
+                    g = (hi << 8) | low[cand + 2]
+                else:
+                    g = (hi << 16) | pair[cand + 2]
+            if t.top3 is not None:  # 4-byte windows: a bitmap on their first 3 bytes
+                g3 = g >> 8
+                keep = ((t.top3[g3 >> 3] >> (g3 & 7).astype(np.uint8)) & 1).astype(bool)
+                cand, g = cand[keep], g[keep]
             if not len(cand):
                 continue
-            gv = g[cand]
-            at = np.minimum(np.searchsorted(t.values, gv), len(t.values) - 1)
-            hit = cand[t.values[at] == gv]
+            at = np.minimum(np.searchsorted(t.values, g), len(t.values) - 1)
+            found = t.values[at] == g
+            hit, vi = cand[found], at[found]
             if not len(hit):
                 continue
-            vi = np.searchsorted(t.values, g[hit])
             cnt = t.entry_count[vi]
             rep_hit = np.repeat(hit, cnt)
             base = np.repeat(t.entry_start[vi], cnt)
@@ -124,31 +165,34 @@ class Prefilter:
             e = base + within
             pid = t.entry_pid[e]
             pos = rep_hit - t.entry_k[e]
-            ok = pos >= 0
-            pid, pos = pid[ok], pos[ok]
-            if not len(pid):
-                continue
-            order = np.argsort(pid, kind="stable")
-            pid, pos = pid[order], pos[order]
-            bounds = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
-            bounds = np.r_[bounds, len(pid)]
-            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-                p = int(pid[a])
-                pat = self.pat_arrays[p]
-                ps = pos[a:b]
-                ps = ps[ps + len(pat) <= n]
-                if not len(ps):
-                    continue
-                if len(pat) > t.glen:
-                    good = (low[ps[:, None] + np.arange(len(pat))] == pat).all(axis=1)
-                    ps = ps[good]
-                if not len(ps):
-                    continue
-                unit = np.searchsorted(starts, ps, side="right") - 1
-                inside = ps + len(pat) <= ends[unit]
-                unit = np.unique(unit[inside])
-                out_u.append(unit)
-                out_p.append(np.full(len(unit), p, dtype=np.int64))
-        if not out_u:
+            ok = (pos >= 0) & (pos + self.pat_len[pid] <= n)
+            pids.append(pid[ok])
+            poss.append(pos[ok])
+        if not pids:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return np.concatenate(out_u), np.concatenate(out_p)
+        pid = np.concatenate(pids)
+        pos = np.concatenate(poss)
+        # verify whole patterns, one vectorised comparison per pattern length
+        plen = self.pat_len[pid]
+        good = np.zeros(len(pid), dtype=bool)
+        for length in np.unique(plen).tolist():
+            sel = np.flatnonzero(plen == length)
+            _, mat = self.by_len[length]
+            rows = self.row_of[pid[sel]]
+            for c0 in range(0, len(sel), 16384):  # bounded temporaries
+                s = sel[c0:c0 + 16384]
+                r = rows[c0:c0 + 16384]
+                got = low[pos[s, None] + np.arange(length)]
+                good[s] = (got == mat[r]).all(axis=1)
+        pid, pos = pid[good], pos[good]
+        unit = np.searchsorted(starts, pos, side="right") - 1
+        inside = pos + self.pat_len[pid] <= ends[unit]
+        npat = len(self.patterns)
+        key = unit[inside] * npat + pid[inside]
+        if len(starts) * npat <= 1 << 23:  # a [unit, pattern] bitmap beats sorting the keys
+            seen = np.zeros(len(starts) * npat, dtype=bool)
+            seen[key] = True
+            key = np.flatnonzero(seen)
+        else:
+            key = np.unique(key)
+        return key // npat, key % npat
