@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WITH_TEST=1 bash scripts/setup.sh
-.venv/bin/ruff check sensor tests bench tools
+.venv/bin/ruff check .
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

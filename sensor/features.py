@@ -53,6 +53,8 @@ per-packet Python.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 FEATURE_SPEC = "netsensor-features/2"  # 2: TCP timestamp option values masked
@@ -84,10 +86,25 @@ def _fit(a: np.ndarray, n: int, m: int | None = None) -> np.ndarray:
     return a
 
 
+@functools.lru_cache(maxsize=8)
+def _mask_tables(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Constant masks for width m: IPv4 header fields [m], IPv6 header fields [m], and per
+    transport (0 TCP, 1 UDP, 2 ICMP) and header offset k (0..m; m = none) the field bytes
+    [3, m + 1, m]. host_mask gathers rows of these instead of comparing positions per
+    packet."""
+    pos = np.arange(m)
+    ip4 = np.isin(pos, [4, 5, 8, 10, 11, *range(12, 20)])
+    ip6 = np.isin(pos, [1, 2, 3, *range(7, 40)])
+    k = np.arange(m + 1)[:, None]
+    tcp = ((pos >= k) & (pos < k + 12)) | ((pos >= k + 16) & (pos < k + 18))  # ports/seq/ack; csum
+    udp = ((pos >= k) & (pos < k + 4)) | ((pos >= k + 6) & (pos < k + 8))  # ports; checksum
+    icmp = (pos >= k + 2) & (pos < k + 4)  # checksum
+    return ip4, ip6, np.stack([tcp, udp, icmp])
+
+
 def host_mask(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Bool [B, N, M]: True where a byte belongs to a host-identifying field (see above)."""
     b, n, m = data.shape
-    pos = np.arange(m, dtype=np.int32)[None, None, :]
     d = data.astype(np.int32)
     ver = d[:, :, 0] >> 4
     v4 = (ver == 4) & valid
@@ -100,26 +117,17 @@ def host_mask(data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         proto4 = np.zeros((b, n), np.int32)
         frag_off = np.zeros((b, n), np.int32)
     proto6 = d[:, :, 6] if m > 6 else np.zeros((b, n), np.int32)
-    # transport header start (first fragment / no extension headers only)
-    l4 = np.where(v4 & (frag_off == 0), ihl, np.where(v6, 40, -1000))
+    # transport header start (first fragment / no extension headers only); m = none
+    l4 = np.where(v4 & (frag_off == 0), ihl, np.where(v6, 40, m))
+    l4 = np.minimum(l4, m)
     proto = np.where(v4, proto4, np.where(v6, proto6, -1))
-
-    def span(start: np.ndarray | int, length: int, where: np.ndarray) -> np.ndarray:
-        s = np.asarray(start)
-        if s.ndim:
-            s = s[:, :, None]
-        return where[:, :, None] & (pos >= s) & (pos < s + length)
-
-    mask = span(4, 2, v4) | span(8, 1, v4) | span(10, 10, v4)
-    mask |= span(2, 2, v6) | span(7, 33, v6)
-    mask |= (pos == 1) & v6[:, :, None]  # low nibble of byte 1 is flow label; high is TC
+    ip4, ip6, l4_tables = _mask_tables(m)
+    mask = (v4[:, :, None] & ip4) | (v6[:, :, None] & ip6)
     tcp = proto == 6
-    udp = proto == 17
-    icmp = (proto == 1) | (proto == 58)
-    mask |= span(l4, 12, tcp) | span(l4 + 16, 2, tcp)  # ports, seq, ack; checksum
-    mask |= span(l4, 4, udp) | span(l4 + 6, 2, udp)  # ports; checksum
-    mask |= span(l4 + 2, 2, icmp)  # checksum
-    mask |= _tcp_timestamp_mask(d, l4, tcp & (l4 >= 0))
+    kind = np.where(tcp, 0, np.where(proto == 17, 1, 2))
+    has_l4 = tcp | (proto == 17) | (proto == 1) | (proto == 58)
+    mask |= l4_tables[kind, np.where(has_l4, l4, m)]
+    mask |= _tcp_timestamp_mask(d, l4, tcp & (l4 < m))
     return mask
 
 

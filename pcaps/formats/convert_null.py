@@ -8,6 +8,7 @@ other frames (ARP, ...) are dropped.
   --af6 N         : value used for AF_INET6 (24 NetBSD/OpenBSD, 28 FreeBSD, 30 Darwin)
 
 usage: convert_null.py --linktype null|loop --af6 N IN.pcap OUT.pcap"""
+
 import argparse
 import struct
 
@@ -25,7 +26,7 @@ e = hdr["endian"]
 lt, fam_order = (0, e) if a.linktype == "null" else (108, ">")
 with open(a.dst, "wb") as f:
     f.write(global_header(hdr, linktype=lt))
-    for s, fr, cl, ol, data, _ in recs:
+    for s, fr, _cl, ol, data, _ in recs:
         etype = struct.unpack_from(">H", data, 12)[0]
         fam = {0x0800: 2, 0x86DD: a.af6}.get(etype)
         if fam is None:

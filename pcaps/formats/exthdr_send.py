@@ -12,6 +12,7 @@ usage: exthdr_send.py DST SEG_VIA TCP_PORT
            net.ipv6.conf.*.seg6_enabled=1 to forward it to itself
   TCP_PORT port of an HTTP server on DST
 """
+
 import socket
 import sys
 
@@ -43,12 +44,12 @@ def udp(daddr, payload, port=9, **opts):
 
 def main():
     dst, via, tport = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    udp(dst, b"dstopts-8\n", dst=DST_8)                    # IPv6 / DST / UDP
-    udp(dst, b"dstopts-16\n", dst=DST_16)                  # IPv6 / DST(16) / UDP
-    udp(dst, b"hopopts-ra\n", hbh=HBH_RA)                  # IPv6 / HBH / UDP
-    udp(dst, b"srv6\n", rt=srh(dst, via))                  # IPv6(dst=via) / RH4 / UDP
+    udp(dst, b"dstopts-8\n", dst=DST_8)  # IPv6 / DST / UDP
+    udp(dst, b"dstopts-16\n", dst=DST_16)  # IPv6 / DST(16) / UDP
+    udp(dst, b"hopopts-ra\n", hbh=HBH_RA)  # IPv6 / HBH / UDP
+    udp(dst, b"srv6\n", rt=srh(dst, via))  # IPv6(dst=via) / RH4 / UDP
     udp(dst, b"chain\n", hbh=HBH_RA, rt=srh(dst, via), dst=DST_8)  # HBH / RH4 / DST / UDP
-    udp(dst, b"F" * 3000, dst=DST_8)                       # DST + fragments
+    udp(dst, b"F" * 3000, dst=DST_8)  # DST + fragments
     # TCP with a destination-options header on every client segment
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     s.setsockopt(IPPROTO_IPV6, DSTOPTS, DST_8)

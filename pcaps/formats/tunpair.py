@@ -9,6 +9,7 @@ tcpdump on either TUN device captures raw IP (DLT_RAW, written as LINKTYPE_RAW 1
 usage: tunpair.py NS_A DEV_A NS_B DEV_B MAX_SECONDS
 Runs until killed or MAX_SECONDS elapsed (bounded); prints "ready" once both devices exist.
 """
+
 import ctypes
 import fcntl
 import os

@@ -13,6 +13,7 @@ usage (run inside the namespace that owns IFACE, as root):
 The program is attached with BPF_PROG_ATTACH (tcx), so it stays after this script exits
 and disappears with the interface.
 """
+
 import ctypes
 import socket
 import struct
@@ -53,7 +54,11 @@ def main():
         for spec in sys.argv[4:]:
             proto, vid = spec.split(":")
             proto_be = socket.htons(int(proto, 0))
-            prog += insn(MOV64_X, 1, 6) + insn(MOV64_K, 2, imm=proto_be) + insn(MOV64_K, 3, imm=int(vid))
+            prog += (
+                insn(MOV64_X, 1, 6)
+                + insn(MOV64_K, 2, imm=proto_be)
+                + insn(MOV64_K, 3, imm=int(vid))
+            )
             prog += insn(CALL, imm=FN_SKB_VLAN_PUSH)
     elif action == "pop":
         for _ in range(int(sys.argv[4]) if len(sys.argv) > 4 else 1):
@@ -68,8 +73,18 @@ def main():
     attach_type = BPF_TCX_EGRESS if hook == "egress" else BPF_TCX_INGRESS
     attr = struct.pack(
         "<IIQQIIQII16sII",
-        BPF_PROG_TYPE_SCHED_CLS, len(prog) // 8, ctypes.addressof(insns), ctypes.addressof(lic),
-        1, len(log), ctypes.addressof(log), 0, 0, b"vlan_" + action.encode(), 0, attach_type,
+        BPF_PROG_TYPE_SCHED_CLS,
+        len(prog) // 8,
+        ctypes.addressof(insns),
+        ctypes.addressof(lic),
+        1,
+        len(log),
+        ctypes.addressof(log),
+        0,
+        0,
+        b"vlan_" + action.encode(),
+        0,
+        attach_type,
     )
     try:
         fd = bpf(BPF_PROG_LOAD, attr)

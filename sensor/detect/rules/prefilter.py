@@ -2,11 +2,14 @@
 
 Every fast pattern (a rule's `fast_pattern` content, else its longest positive content,
 as Suricata picks it) is indexed by one of its 4-byte windows (shorter patterns by their
-whole length). A whole batch of buffers is concatenated and lowercased once; numpy turns
-it into one array of 4-byte values, `np.isin` finds the positions whose window belongs to
-some pattern, and candidates are verified byte-wise per pattern with fancy indexing. Only
-(buffer, pattern) pairs that really contain the pattern (case-insensitively) come out, so
-Python work scales with hits, not with packets x rules.
+whole length), the one with the rarest bytes. A whole batch of buffers is concatenated
+and lowercased once; a 64 Ki-entry map over the first two bytes of each window, read
+through a strided 16-bit view of the buffer, keeps the few positions where some window
+can start; the rest of each 4-byte window is checked against a 2 MiB bitmap of 3-byte
+prefixes and then the sorted window values; the surviving (position, pattern) pairs are
+verified whole, one vectorised comparison per pattern length. Only (buffer, pattern)
+pairs that really contain the pattern (case-insensitively) come out, so Python work
+scales with pattern lengths and hits, not with packets x rules.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ class Prefilter:
             else:
                 self.top2[np.repeat(np.flatnonzero(t.top) * 256, 256) +
                           np.tile(np.arange(256), int(t.top.sum()))] |= np.uint8(1 << i)
+        self.any2 = self.top2 != 0
         # patterns by length, stacked, for one vectorised verification per length
         self.pat_len = np.array([len(p) for p in patterns], dtype=np.int64)
         self.by_len: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # len -> (pids, rows)
@@ -130,9 +134,8 @@ class Prefilter:
         low = np.frombuffer(bytes(buf).lower() + b"\0\0\0\0", dtype=np.uint8)
         # big-endian 16-bit value of bytes (i, i+1) at every position i, as a strided view
         pair = np.ndarray((n + 2,), dtype=">u2", buffer=low, strides=(1,))
-        tbits = self.top2[pair[:n]]
-        cand2 = np.flatnonzero(tbits)
-        tbits = tbits[cand2]
+        cand2 = np.flatnonzero(self.any2[pair[:n]])  # bool: numpy's fast nonzero path
+        tbits = self.top2[pair[cand2]]
         pids: list[np.ndarray] = []
         poss: list[np.ndarray] = []
         for i, t in enumerate(self.tables):
