@@ -118,6 +118,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except StageError as exc:
         _err(str(exc))
         return EXIT_USAGE
+    workers = getattr(args, "workers", None) or cfg.replay.workers
+    if workers != 1:
+        from .replay_parallel import replay_parallel, resolve_workers
+
+        try:
+            n_workers = resolve_workers(int(workers) if str(workers).isdigit() else workers)
+        except ValueError as exc:
+            _err(str(exc))
+            return EXIT_USAGE
+        if n_workers > 1:
+            return replay_parallel(args, cfg, stages, n_workers)
     try:
         sink_cls = EveFileSink
         if cfg.replay.eve_process:
@@ -213,6 +224,9 @@ def build_parser(replay_only: bool = False) -> argparse.ArgumentParser:
     r.add_argument("-l", "--logdir", default=".", help="directory for eve.json (default .)")
     r.add_argument("-c", "--config", help="YAML config (built-in defaults otherwise)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    r.add_argument("-w", "--workers", metavar="N",
+                   help="worker processes, or auto for one per core (replay.workers; "
+                        "default 1)")
     r.set_defaults(fn=cmd_replay)
     if replay_only:
         return p

@@ -175,6 +175,9 @@ class ReplayConfig:
     # format and write EVE in a second process (sensor.output.eve_worker): the same output,
     # ~30% less CPU in the replay process, worth it where a core is free (docs/performance.md)
     eve_process: bool = False
+    # worker processes for replay, or "auto" (one per core): sensor.replay_parallel,
+    # docs/performance.md "Parallel replay" for when it pays off
+    workers: int | str = 1
 
 
 @dataclass(frozen=True)

@@ -250,8 +250,8 @@ class FlowTable:
         return out
 
     # -- the batch update ----------------------------------------------------------------------
-    def update(self, d: DecodedBatch, ts_us: np.ndarray, caplen: np.ndarray, first_cnt: int,
-               ) -> tuple[FlowUpdate, list[EndedFlows]]:
+    def update(self, d: DecodedBatch, ts_us: np.ndarray, caplen: np.ndarray,
+               first_cnt: int | np.ndarray) -> tuple[FlowUpdate, list[EndedFlows]]:
         """Assign every flow packet of a batch to a flow and update the flows."""
         ended: list[EndedFlows] = []
         idx = np.flatnonzero(d.ok)
@@ -530,7 +530,7 @@ class FlowTable:
 
     def _init_flows(self, slots: np.ndarray, firsts: np.ndarray, pidx: np.ndarray,
                     hs: np.ndarray, ts: np.ndarray, d: DecodedBatch,
-                    first_cnt: int) -> None:
+                    first_cnt: int | np.ndarray) -> None:
         c = self.cols
         p = pidx[firsts]
         c["hash"][slots] = hs[firsts]
@@ -546,7 +546,9 @@ class FlowTable:
         c["srv_port"][slots] = d.dport[p]
         c["first_ts"][slots] = ts[firsts]
         c["last_ts"][slots] = ts[firsts]
-        c["first_cnt"][slots] = first_cnt + p
+        # an array: the pcap_cnt of every frame (a parallel replay worker's share)
+        c["first_cnt"][slots] = first_cnt[p] if isinstance(first_cnt, np.ndarray) \
+            else first_cnt + p
         c["isn"][slots] = d.tcp_seq[p]
         for name in ("pkts_ts", "pkts_tc", "bytes_ts", "bytes_tc", "flags_ts", "flags_tc",
                      "tcp", "state", "q_ts", "q_tc"):

@@ -20,7 +20,7 @@ tiny fraction of windows), an exponential tail is fitted to the top 10% of held-
 The ONNX file carries the same contract metadata as the classifier (feature spec, inputs,
 window geometry), `netsensor.kind = baseline`, the threshold, and the held-back score
 quantiles, which `drift_report()` compares new normal traffic against (`netsensor eval
---baseline`). PyTorch is only needed to learn: `pip install -e .[train]`.
+--drift -c CONFIG`). PyTorch is only needed to learn: `pip install -e .[train]`.
 """
 
 from __future__ import annotations
@@ -386,7 +386,7 @@ def evaluate_baseline(ws, scores: np.ndarray, threshold: float, period_s: float,
 def add_learn_parser(subparsers) -> argparse.ArgumentParser:
     """Register `netsensor learn` on an argparse subparsers object."""
     p = subparsers.add_parser("learn", help="learn a site baseline from normal traffic",
-                              description=__doc__.split("\n\n")[1])
+                              description=__doc__.split("\n\n")[0])
     p.add_argument("pcaps", nargs="+", metavar="BENIGN.pcap")
     p.add_argument("-o", "--output", default=DEFAULT_OUT, help=f"ONNX path ({DEFAULT_OUT})")
     p.add_argument("-c", "--config", help="YAML config whose `windows` section cuts windows")

@@ -148,7 +148,8 @@ class Pipeline:
         d = decode_batch(batch)
         self.counters.update(d.counters)
         self.max_pkt_size = max(self.max_pkt_size, int(batch.caplen.max()))
-        upd, ended = self.flows.update(d, batch.ts_us, batch.caplen, batch.first_cnt)
+        upd, ended = self.flows.update(d, batch.ts_us, batch.caplen,
+                                       batch.first_cnt if batch.cnt is None else batch.cnt)
         self._write_ended(ended)
         ctx = BatchContext(batch, d, upd, self.flows)
         for stage in self.stages:
@@ -226,4 +227,5 @@ def _slice(batch: PacketBatch, lo: int, hi: int) -> PacketBatch:
         wirelen=batch.wirelen[lo:hi], ts_us=batch.ts_us[lo:hi], linktype=batch.linktype[lo:hi],
         first_cnt=batch.first_cnt + lo,
         iface=None if batch.iface is None else batch.iface[lo:hi],
+        cnt=None if batch.cnt is None else batch.cnt[lo:hi],
     )

@@ -134,7 +134,7 @@ def _describe(batch: PacketBatch, d: DecodedBatch, i: int, depth: int) -> dict:
     out["proto"] = proto_name(proto)
     out["depth"] = depth
     if batch.first_cnt:
-        out["pcap_cnt"] = batch.first_cnt + i
+        out["pcap_cnt"] = int(batch.cnt_at(i))
     out["pkt_src"] = batch.pkt_src
     return out
 

@@ -56,9 +56,18 @@ class PacketBatch:
     pkt_src: str = "wire/pcap"  # EVE pkt_src; "defrag" for reassembled datagrams
     tunnel_depth: int = 0  # 0 for captured frames; n for packets inside n tunnels
     parents: Any = None  # sensor.tunnel.TunnelParents of inner packets
+    # pcap_cnt of each frame where frames are not consecutive in the source (a parallel
+    # replay worker's share of a batch, sensor.replay_parallel); None: first_cnt + index
+    cnt: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.offset)
+
+    def cnt_at(self, idx: Any) -> Any:
+        """pcap_cnt of frames `idx` (index or index array); callers check first_cnt > 0."""
+        if self.cnt is not None:
+            return self.cnt[idx]
+        return self.first_cnt + (idx.astype(np.int64) if isinstance(idx, np.ndarray) else idx)
 
     def frame(self, i: int) -> bytes:
         start = int(self.offset[i])

@@ -478,7 +478,7 @@ class RuleStage:
         batch = ctx.batch
         n = len(idx)
         z = np.zeros(n, dtype=np.int64)
-        cnt = batch.first_cnt + idx.astype(np.int64) if batch.first_cnt > 0 else z - 1
+        cnt = batch.cnt_at(idx) if batch.first_cnt > 0 else z - 1
         v = View(
             slot=z - 1, flow_id=z.astype(np.uint64), proto=d.proto[idx], ipver=d.ipver[idx],
             src_hi=d.src_hi[idx], src_lo=d.src_lo[idx], dst_hi=d.dst_hi[idx],
@@ -557,7 +557,7 @@ class RuleStage:
         established = np.where(is_tcp, upd.tcp_est | (mode == MODE_MIDSTREAM), both)
         cnt = np.full(len(idx), -1, dtype=np.int64)
         if batch.first_cnt > 0:
-            cnt = batch.first_cnt + idx.astype(np.int64)
+            cnt = batch.cnt_at(idx)
         view = View(
             slot=slot, flow_id=c["flow_id"][slot], proto=proto, ipver=d.ipver[idx],
             src_hi=d.src_hi[idx], src_lo=d.src_lo[idx], dst_hi=d.dst_hi[idx],
