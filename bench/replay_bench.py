@@ -11,11 +11,15 @@ formatted and written by a second process (`replay.eve_process`,
 bench/netsensor-eve-process.yaml); netsensor with `--config` (rules and model stages),
 when given; Suricata 7 with flow + stats EVE only and no rules
 (bench/suricata-bench.yaml), `-k none --runmode single`, and the same in Suricata's default
-autofp runmode. Suricata variants are left out (and said so) where it is not installed.
+autofp runmode; with `-w N`, netsensor with N replay worker processes
+(sensor.replay_parallel). Suricata variants are left out (and said so) where it is not
+installed. CPU seconds of a variant with workers include the workers (os.wait4 counts the
+children a process has waited for); its peak RSS is the largest single process.
 
     python3 bench/make_bench_pcap.py                  # once: bench/data/mixed.pcap
     python3 bench/replay_bench.py                     # 5 rounds -> bench/results/replay.json
     python3 bench/replay_bench.py --config netsensor.yaml --runs 3
+    python3 bench/replay_bench.py -w 2                # adds `netsensor replay -w 2`
 """
 
 from __future__ import annotations
@@ -95,6 +99,8 @@ def variants(args: argparse.Namespace) -> tuple[list[Variant], list[str]]:
     out = [Variant("netsensor", ns)]
     if not args.no_eve_process:
         out.append(Variant("netsensor, EVE process", ns + ["-c", EVE_PROCESS_YAML]))
+    for n in args.workers:  # sensor.replay_parallel: the packets spread over n processes
+        out.append(Variant(f"netsensor -w {n}", ns + ["-w", str(n)]))
     if args.config:
         out.append(Variant(f"netsensor -c {os.path.basename(args.config)}",
                            ns + ["-c", os.path.abspath(args.config)]))
@@ -178,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suricata", default="suricata", help="Suricata binary (default: on PATH)")
     ap.add_argument("--no-suricata", action="store_true", help="netsensor only")
     ap.add_argument("--single-only", action="store_true", help="no autofp Suricata run")
+    ap.add_argument("-w", "--workers", type=int, action="append", default=[], metavar="N",
+                    help="also run `netsensor replay -w N` (repeatable)")
     ap.add_argument("--no-eve-process", action="store_true",
                     help="leave out the netsensor run with replay.eve_process on")
     args = ap.parse_args(argv)
