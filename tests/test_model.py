@@ -351,6 +351,9 @@ def test_shipped_model_scores_the_sample(tmp_path):
     alerted_ids = {a["flow_id"] for a in alerts}
     assert all(f["flow"]["alerted"] for f in flows if f["flow_id"] in alerted_ids)
     assert c["ml.alerts"] == len(alerts)
+    # the replay summary's "alerts by signature" counts the model's alerts too
+    ml_sigs = {k: v for k, v in pipe.alerts_by_sig.items() if k.startswith("[9000:")}
+    assert sum(ml_sigs.values()) == len(alerts)
     if SCHEMA.exists():
         jsonschema = pytest.importorskip("jsonschema")
         v = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))

@@ -376,6 +376,7 @@ class ModelStage:
             check_window(b.contract, wcfg, f"baseline {b.contract.name}")
         self.windows = WindowStage(wcfg, self._collect)
         self.collected: list[WindowBatch] = []
+        self.alert_sigs: list[str] = []  # for the replay summary (Pipeline.note_alert)
         self.classes = contract.classes
         self.thr = np.array([2.0] + [contract.thresholds[c] for c in self.classes[1:]],
                             dtype=np.float32)  # benign never alerts
@@ -635,7 +636,13 @@ class ModelStage:
             "metadata": meta,
         }
         ev["direction"] = "to_server"
+        self.alert_sigs.append(f"[{GID}:{sid}:1] {signature}")
         return dumps(ev)
+
+    def drain_alert_signatures(self) -> list[str]:
+        """Signatures alerted since the last call (Pipeline.note_alert counts them)."""
+        out, self.alert_sigs = self.alert_sigs, []
+        return out
 
 
 def build_model_stage(cfg: Config) -> ModelStage | None:
