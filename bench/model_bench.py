@@ -7,9 +7,10 @@
    then timed separately: feature extraction (`sensor.features.extract`) and scoring
    (`ModelStage.predict`: batches of 512, shortest windows first, trimmed padding), one
    onnxruntime thread, as the sensor runs it.
-2. Replay: `netsensor replay` as a subprocess (what a user runs), best of --repeat wall times,
-   with the built-in config (model off) and with `windows` + `model` enabled (plus the site
-   baseline when --baseline is given). Slowdown = 1 - pps(on) / pps(off).
+2. Replay: `netsensor replay` as a subprocess (what a user runs), the median of --repeat wall
+   times, with the built-in config (model off) and with `windows` + `model` enabled (plus the
+   site baseline when --baseline is given), off and on runs interleaved so that load from
+   other jobs on the machine hits both alike. Slowdown = 1 - pps(on) / pps(off).
 """
 
 from __future__ import annotations
@@ -81,17 +82,14 @@ def scoring(pcap: str, baseline: str | None) -> dict:
     return out
 
 
-def replay(pcap: str, config: str | None, repeat: int) -> float:
-    """Best wall seconds of `netsensor replay` over `repeat` runs."""
-    best = float("inf")
+def replay(pcap: str, config: str | None) -> float:
+    """Wall seconds of one `netsensor replay` run."""
     exe = [sys.executable, "-m", "sensor.cli", "replay", pcap, "-q"]
-    for _ in range(repeat):
-        with tempfile.TemporaryDirectory() as d:
-            cmd = [*exe, "-l", d] + (["-c", config] if config else [])
-            t0 = time.perf_counter()
-            subprocess.run(cmd, check=True, cwd=REPO)
-            best = min(best, time.perf_counter() - t0)
-    return best
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [*exe, "-l", d] + (["-c", config] if config else [])
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=REPO)
+        return time.perf_counter() - t0
 
 
 def main() -> int:
@@ -118,15 +116,20 @@ def main() -> int:
             fh.write("windows:\n  enabled: true\nmodel:\n  enabled: true\n")
             if a.baseline:
                 fh.write(f"  baselines: [{os.path.abspath(a.baseline)}]\n")
-        t_off = replay(a.pcap, None, a.repeat)
-        t_on = replay(a.pcap, on, a.repeat)
+        runs_off, runs_on = [], []
+        for _ in range(a.repeat):
+            runs_off.append(replay(a.pcap, None))
+            runs_on.append(replay(a.pcap, on))
+    t_off, t_on = float(np.median(runs_off)), float(np.median(runs_on))
     pk = s["packets"]
     res["replay"] = {"off_s": t_off, "on_s": t_on, "off_pps": pk / t_off, "on_pps": pk / t_on,
-                     "slowdown": 1.0 - t_off / t_on}
+                     "slowdown": 1.0 - t_off / t_on, "runs_off_s": runs_off,
+                     "runs_on_s": runs_on, "statistic": f"median of {a.repeat}"}
     r = res["replay"]
     print(f"replay: model off {r['off_pps']:,.0f} packets/s ({t_off:.2f} s), model on "
           f"{r['on_pps']:,.0f} packets/s ({t_on:.2f} s): {100 * r['slowdown']:.1f}% slower "
-          f"(best of {a.repeat})")
+          f"(median of {a.repeat}; off runs {', '.join(f'{t:.2f}' for t in runs_off)} s, "
+          f"on runs {', '.join(f'{t:.2f}' for t in runs_on)} s)")
     if a.json:
         with open(a.json, "w", encoding="utf-8") as fh:
             json.dump(res, fh, indent=1)

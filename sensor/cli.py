@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from . import __version__
 from .capture import CaptureError, PacketBatch
@@ -61,10 +61,13 @@ class Progress:
 
 
 def _sources(paths: list[str], cfg: Config, errors: list[str],
-             progress: Progress) -> Iterator[PacketBatch]:
+             progress: Progress, on_file: Callable[[], None] | None = None,
+             ) -> Iterator[PacketBatch]:
     first_cnt = 1
     done = 0
     for path in paths:
+        if on_file is not None:  # parallel replay: a file's batches are grouped apart
+            on_file()
         src = PcapSource(path, batch_size=cfg.replay.batch_size, first_cnt=first_cnt)
         for batch in src.batches():
             yield batch

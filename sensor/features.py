@@ -172,8 +172,11 @@ def masked_bytes(data: np.ndarray, n_packets: np.ndarray, n: int, m: int) -> np.
     """uint8 [B, n, m]: window bytes fitted to n x m, host fields and padding zeroed."""
     data = _fit(np.asarray(data, dtype=np.uint8), n, m)
     valid = np.arange(n)[None, :] < np.minimum(n_packets, n)[:, None]
-    masked = np.where(host_mask(data, valid), 0, data).astype(np.uint8)
-    masked[~valid] = 0
+    # host_mask looks at each packet on its own, so only the real packets (a few per window;
+    # most rows are padding) go through it, as one [1, P, m] batch
+    real = data[valid][None]
+    masked = np.zeros_like(data)
+    masked[valid] = np.where(host_mask(real, np.ones(real.shape[:2], dtype=bool)), 0, real)[0]
     return masked
 
 

@@ -182,8 +182,14 @@ class Pipeline:
                 self.events["flow"] += write_flows(ended, eve.community_id,
                                                    eve.community_id_seed)
             elif "flow" in self.types:
-                self._write(flow_events(ended, extra if extras else None, eve.community_id,
-                                        eve.community_id_seed), "flow")
+                # a stage that can splice its keys into bulk-built lines (the model) saves
+                # the per-flow dict path
+                bulk = getattr(extras[0], "flow_lines", None) if len(extras) == 1 else None
+                if bulk is not None:
+                    self._write(bulk(eve.community_id, eve.community_id_seed), "flow")
+                else:
+                    self._write(flow_events(ended, extra if extras else None, eve.community_id,
+                                            eve.community_id_seed), "flow")
             else:
                 self.events["flow"] += 0
 

@@ -24,24 +24,28 @@ def build_stages(cfg: Config, strict: bool = True) -> list[Stage]:
     on stderr, one line each, counted, and the other rules run.
     """
     stages: list[Stage] = []
+    ml_classes: tuple[str, ...] | None = None
+    # the model stage runs first: windows closed in a batch (or at a flow's end) are scored
+    # before the rules look at that batch (or flow end), so ml.class / ml.score rules see
+    # the verdict from the batch its window closed in (docs/rules.md)
+    if cfg.model.enabled:  # else do not even import the model code (replay start-up time)
+        from .detect.model import ModelError, build_model_stage
+
+        try:
+            model = build_model_stage(cfg)
+        except ModelError as exc:
+            raise StageError(str(exc)) from None
+        if model is not None:
+            stages.append(model)
+            ml_classes = model.classes
     if cfg.rules.files:
         from .detect.rules.engine import RuleLoadError, build_rule_stage
 
         try:
-            rule_stage = build_rule_stage(cfg, strict=strict)
+            rule_stage = build_rule_stage(cfg, strict=strict, ml_classes=ml_classes)
         except RuleLoadError as exc:
             raise StageError(str(exc)) from None
         if rule_stage is not None:
             stages.append(rule_stage)
-    if not cfg.model.enabled:  # do not even import the model code (replay start-up time)
-        return stages
-    from .detect.model import ModelError, build_model_stage
-
-    try:
-        model = build_model_stage(cfg)
-    except ModelError as exc:
-        raise StageError(str(exc)) from None
-    if model is not None:
-        stages.append(model)
     return stages
 

@@ -3,8 +3,14 @@
 A window closes after `seconds` (counted from its first packet), after `packets` packets,
 or when its flow ends. Each closed window carries, per packet: timestamp, IP length,
 direction, TCP flags, payload length, TCP window, TTL, and the first `bytes` bytes of the IP
-packet. Window boundaries are found for a whole batch at once (see `assign_windows`); the
-packets of still-open windows wait in per-flow blocks, bounded by `max_pending`.
+packet. The packets of still-open windows wait in one packet store, bounded by `max_pending`.
+
+Everything is done for a whole batch at once, without a Python loop over flows or packets:
+the batch's packets are grouped by flow slot (one stable argsort), each packet's window end
+is found with one binary search per packet (time limit) and its position (packet limit), and
+the chain of window starts of every flow (a window starts where the previous one ended) is
+followed for all flows together by pointer doubling. Closed windows are scattered into the
+padded `WindowBatch` arrays with one fancy index per field.
 """
 
 from __future__ import annotations
@@ -42,6 +48,94 @@ class WindowBatch:
         return len(self.n_packets)
 
 
+class _PacketStore:
+    """Packets of open windows, appended in bulk: per-packet columns, raw bytes, and the flow
+    slot and window number each belongs to. Rows of closed windows stay as garbage (their
+    window number no longer matches the slot's) until the next compaction."""
+
+    def __init__(self, m: int):
+        self.cols = {k: np.zeros(0, t) for k, t in FIELDS.items()}
+        self.slot = np.zeros(0, np.int64)
+        self.seq = np.zeros(0, np.int64)
+        self.raw = np.zeros((0, m), np.uint8)
+        self.n = 0
+        self.garbage = 0
+
+    def append(self, cols: dict[str, np.ndarray], raw: np.ndarray, sel: np.ndarray,
+               slot: np.ndarray, seq: np.ndarray) -> None:
+        k = len(sel)
+        if not k:
+            return
+        need = self.n + k
+        if need > len(self.slot):
+            cap = max(need, 2 * len(self.slot), 1024)
+            for name in FIELDS:
+                self.cols[name] = _grown(self.cols[name], cap, self.n)
+            self.slot = _grown(self.slot, cap, self.n)
+            self.seq = _grown(self.seq, cap, self.n)
+            self.raw = _grown(self.raw, cap, self.n)
+        lo, hi = self.n, need
+        for name in FIELDS:
+            self.cols[name][lo:hi] = cols[name][sel]
+        self.raw[lo:hi] = raw[sel]
+        self.slot[lo:hi] = slot
+        self.seq[lo:hi] = seq
+        self.n = need
+
+    def compact(self, live: np.ndarray) -> None:
+        keep = np.flatnonzero(live)
+        k = len(keep)
+        for name in FIELDS:
+            self.cols[name][:k] = self.cols[name][keep]
+        self.raw[:k] = self.raw[keep]
+        self.slot[:k] = self.slot[keep]
+        self.seq[:k] = self.seq[keep]
+        self.n = k
+        self.garbage = 0
+
+
+def _grown(a: np.ndarray, cap: int, used: int) -> np.ndarray:
+    out = np.zeros((cap, *a.shape[1:]), dtype=a.dtype)
+    out[:used] = a[:used]
+    return out
+
+
+def _search_groups(ts: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                   key: np.ndarray) -> np.ndarray:
+    """Per query, np.searchsorted(ts[lo:hi], key, side='left') + lo, for many (lo, hi, key)
+    at once. Sorted groups (the usual case) take one global searchsorted over (group, time)
+    keys; otherwise a vectorised copy of numpy's binary search gives the very same index
+    numpy gives on an unsorted group."""
+    if not len(key):
+        return np.zeros(0, np.int64)
+    n = len(ts)
+    same = np.zeros(n, dtype=bool)  # packet i is in the same group as packet i - 1
+    starts = np.zeros(n, dtype=bool)
+    starts[lo] = True
+    same[1:] = ~starts[1:]
+    sorted_groups = not bool((same[1:] & (ts[1:] < ts[:-1])).any())
+    tmin, tmax = int(ts.min()), int(ts.max())
+    width = tmax - tmin + 2
+    gid = np.cumsum(starts) - 1
+    n_groups = int(gid[-1]) + 1
+    if sorted_groups and width < (1 << 62) // max(n_groups, 1):
+        comp = gid * width + (ts - tmin)
+        qgid = gid[np.minimum(lo, n - 1)]
+        qrel = np.clip(key - tmin, 0, width - 1)
+        got = np.searchsorted(comp, qgid * width + qrel, side="left")
+        return np.clip(got, lo, hi)
+    left = np.zeros(len(key), np.int64)
+    right = (hi - lo).astype(np.int64)
+    while True:
+        active = left < right
+        if not active.any():
+            return lo + left
+        mid = left + ((right - left) >> 1)
+        below = ts[np.minimum(lo + mid, n - 1)] < key
+        left = np.where(active & below, mid + 1, left)
+        right = np.where(active & ~below, mid, right)
+
+
 class WindowStage:
     """Cuts flows into windows and hands closed windows to `consumer` (the model)."""
 
@@ -49,10 +143,14 @@ class WindowStage:
         self.cfg = cfg
         self.consumer = consumer
         self.max_us = int(cfg.seconds * 1_000_000)
-        self.pending: dict[int, list[tuple[dict[str, np.ndarray], np.ndarray]]] = {}
-        self.open_count: dict[int, int] = {}
-        self.open_start: dict[int, int] = {}
-        self.open_flow: dict[int, dict[str, int]] = {}
+        # per flow slot: the open window's number (-1: none), first packet time, packets
+        self._seq = np.full(0, -1, np.int64)
+        self._start = np.zeros(0, np.int64)
+        self._count = np.zeros(0, np.int64)
+        self._row = np.full(0, -1, np.int64)  # scratch: output row of a closing slot
+        self._flow: dict[str, np.ndarray] = {}
+        self._next_seq = 0
+        self.store = _PacketStore(cfg.bytes)
         self.pending_packets = 0
         self.next_sweep = 0
         self.stats = {"windows": 0, "windows_forced": 0}
@@ -65,136 +163,232 @@ class WindowStage:
 
     # -- stage hooks ---------------------------------------------------------------------------
     def on_flows_ended(self, ended: EndedFlows) -> list[str]:
-        slots = [s for s in ended.slots.tolist() if s in self.pending]
-        return self._emit(self._close(slots)) if slots else []
+        slots = np.asarray(ended.slots, dtype=np.int64)
+        slots = slots[slots < len(self._seq)]
+        slots = slots[self._seq[slots] >= 0]
+        if len(slots) > 1:  # a slot listed twice closes once, at its first place
+            slots = slots[np.sort(np.unique(slots, return_index=True)[1])]
+        return self._emit(self._close(slots)) if len(slots) else []
 
     def on_batch(self, ctx: BatchContext) -> list[str]:
         upd = ctx.update
-        if not len(upd.idx):
+        n = len(upd.idx)
+        if not n:
             return []
         d = ctx.decoded
         order = np.argsort(upd.slot, kind="stable")
-        slot = upd.slot[order]
+        slot = upd.slot[order].astype(np.int64)
         pidx = upd.idx[order]
-        ts = ctx.batch.ts_us[pidx]
-        n = len(order)
+        ts = ctx.batch.ts_us[pidx].astype(np.int64)
         rows = {
-            "ts_us": ts, "size": d.iplen[pidx], "to_server": upd.to_server[order].astype(np.int8),
-            "tcp_flags": d.tcp_flags[pidx], "payload_len": d.plen[pidx],
-            "tcp_win": d.tcp_win[pidx].astype(np.int32), "ttl": d.ttl[pidx],
-            "proto": d.proto[pidx],
+            "ts_us": ts, "size": d.iplen[pidx].astype(np.int32),
+            "to_server": upd.to_server[order].astype(np.int8),
+            "tcp_flags": d.tcp_flags[pidx].astype(np.uint8),
+            "payload_len": d.plen[pidx].astype(np.int32),
+            "tcp_win": d.tcp_win[pidx].astype(np.int32), "ttl": d.ttl[pidx].astype(np.uint8),
+            "proto": d.proto[pidx].astype(np.uint8),
         }
-        m = self.cfg.bytes
-        grab = d.l3[pidx][:, None] + np.arange(m)
-        raw = ctx.batch.data[np.minimum(grab, len(ctx.batch.data) - 1)]
-        raw[np.arange(m)[None, :] >= d.iplen[pidx][:, None]] = 0
-
-        flows = ctx.flows.cols
+        raw = self._raw_bytes(ctx.batch.data, d.l3[pidx], rows["size"])
+        self._ensure(int(slot[-1]) + 1)
+        self._capture_flow_dtypes(ctx.flows.cols)
         npk, span = self.cfg.packets, self.max_us
+
+        # groups of packets by slot
         gfirst = np.flatnonzero(np.r_[True, slot[1:] != slot[:-1]])
         gend = np.r_[gfirst[1:], n]
-        done_segs: list[np.ndarray] = []
-        done_meta: list[tuple[int, int]] = []
-        batches: list[WindowBatch] = []
-        for lo, hi, s in zip(gfirst.tolist(), gend.tolist(), slot[gfirst].tolist(), strict=True):
-            p = lo
-            tg = ts[lo:hi]
-            if s in self.pending:
-                cnt, t0 = self.open_count[s], self.open_start[s]
-                lim = min(hi, p + npk - cnt, lo + int(np.searchsorted(tg, t0 + span)))
-                if lim > p:
-                    self._stash(s, rows, raw, np.arange(p, lim), None, flows)
-                if lim < hi or cnt + (lim - p) >= npk:
-                    batches.append(self._close([s]))
-                p = lim
-            while p < hi:
-                t0 = int(ts[p])
-                lim = min(hi, p + npk, lo + int(np.searchsorted(tg, t0 + span)))
-                lim = max(lim, p + 1)
-                if lim < hi or lim - p >= npk:
-                    done_segs.append(np.arange(p, lim))
-                    done_meta.append((s, t0))
-                else:
-                    self._stash(s, rows, raw, np.arange(p, lim), t0, flows)
-                p = lim
+        gslot = slot[gfirst]
+        gsize = gend - gfirst
+        gid = np.repeat(np.arange(len(gfirst)), gsize)
+        lo_p, hi_p = gfirst[gid], gend[gid]
+        carry = self._seq[gslot] >= 0  # the group continues an open window
+        cg = np.flatnonzero(carry)
+        c_lo, c_hi = gfirst[cg], gend[cg]
+        c_cnt, c_t0 = self._count[gslot[cg]], self._start[gslot[cg]]
+
+        # where a window starting at each packet ends (and where each open window ends)
+        found = _search_groups(ts, np.r_[lo_p, c_lo], np.r_[hi_p, c_hi],
+                               np.r_[ts + span, c_t0 + span])
+        pos = np.arange(n)
+        lim = np.maximum(np.minimum(np.minimum(hi_p, pos + npk), found[:n]), pos + 1)
+        c_lim = np.minimum(np.minimum(c_hi, c_lo + npk - c_cnt), found[n:])
+        c_close = (c_lim < c_hi) | (c_cnt + (c_lim - c_lo) >= npk)
+
+        # window starts: each group's first packet (or the first after the open window),
+        # then where each window ends, followed for all groups at once
+        first = np.r_[gfirst[~carry], c_lim[c_lim < c_hi]]
+        is_start = _chain(np.where(lim < hi_p, lim, n), first, int(gsize.max()))
+        ws = np.flatnonzero(is_start)
+        we = lim[ws]
+        done = (we < hi_p[ws]) | (we - ws >= npk)
+
         lines: list[str] = []
-        for wb in batches:
+        # open windows that continue here: take their packets; close the finished ones
+        in_carry = np.zeros(n, dtype=bool)
+        if len(cg):
+            c_len = c_lim - c_lo
+            c_pk = np.repeat(c_lo - np.cumsum(c_len) + c_len, c_len) + np.arange(int(
+                c_len.sum()))
+            c_of = np.repeat(np.arange(len(cg)), c_len)  # which open window, per packet
+            in_carry[c_pk] = True
+            keep_open = ~c_close[c_of]
+            stay = c_pk[keep_open]
+            self.store.append(rows, raw, stay, slot[stay], self._seq[slot[stay]])
+            added = np.bincount(c_of[keep_open], minlength=len(cg))
+            self._count[gslot[cg]] += added
+            self.pending_packets += int(added.sum())
+            closing = np.flatnonzero(c_close)
+            if len(closing):
+                tail = c_pk[c_close[c_of]]
+                lines += self._emit(self._close(gslot[cg[closing]], rows, raw, tail,
+                                                np.searchsorted(closing, c_of[c_close[c_of]])))
+        # windows that start and end in this batch
+        wid = np.cumsum(is_start) - 1
+        wdone = (done[np.maximum(wid, 0)] & ~in_carry) if len(ws) else np.zeros(n, bool)
+        dp = np.flatnonzero(wdone)
+        if len(dp):
+            dw = np.flatnonzero(done)
+            row = np.searchsorted(dw, wid[dp])
+            wb = self._pack(len(dw), row, {k: v[dp] for k, v in rows.items()}, raw[dp],
+                            ts[ws[dw]], slot[ws[dw]],
+                            {k: ctx.flows.cols[k][slot[ws[dw]]] for k in FLOW_FIELDS})
             lines += self._emit(wb)
-        if done_segs:
-            lines += self._emit(self._build_direct(done_segs, done_meta, rows, raw, flows))
+        # windows still open at the end of the batch wait in the store
+        nw = ws[~done]
+        if len(nw):
+            ns = slot[nw]
+            seqs = self._next_seq + np.arange(len(nw))
+            self._next_seq += len(nw)
+            self._seq[ns] = seqs
+            self._start[ns] = ts[nw]
+            cnt = we[~done] - nw
+            self._count[ns] = cnt
+            for k in FLOW_FIELDS:
+                self._flow[k][ns] = ctx.flows.cols[k][ns]
+            op = np.flatnonzero(~wdone & ~in_carry)
+            self.store.append(rows, raw, op, slot[op], self._seq[slot[op]])
+            self.pending_packets += int(cnt.sum())
+
         now = int(ts.max())
         if now >= self.next_sweep:
             # windows whose time is up close even when their flow goes quiet
             self.next_sweep = now + 1_000_000
-            late = [s for s, t0 in self.open_start.items() if now - t0 >= span]
-            if late:
+            open_slots = self._open_slots()
+            late = open_slots[now - self._start[open_slots] >= span]
+            if len(late):
                 lines += self._emit(self._close(late))
         if self.pending_packets > self.cfg.max_pending:
             # close (and score) the oldest windows until a quarter of the bound is free,
             # so a flood of one-packet flows cannot hold more than max_pending packets
-            oldest = sorted(self.open_start, key=self.open_start.get)
+            open_slots = self._open_slots()
+            oldest = open_slots[np.argsort(self._start[open_slots], kind="stable")]
             excess = self.pending_packets - self.cfg.max_pending * 3 // 4
-            drop = []
-            for s in oldest:
-                if excess <= 0:
-                    break
-                drop.append(s)
-                excess -= self.open_count[s]
+            upto = int(np.searchsorted(np.cumsum(self._count[oldest]), excess, side="left"))
+            drop = oldest[: upto + 1]
             self.stats["windows_forced"] += len(drop)
             lines += self._emit(self._close(drop))
         return lines
 
-    # -- pending storage -----------------------------------------------------------------------
-    def _stash(self, s: int, rows: dict[str, np.ndarray], raw: np.ndarray, seg: np.ndarray,
-               new_start: int | None, flows: dict[str, np.ndarray]) -> None:
-        if new_start is not None or s not in self.pending:
-            self.pending[s] = []
-            self.open_count[s] = 0
-            self.open_start[s] = int(rows["ts_us"][seg[0]]) if new_start is None else new_start
-            self.open_flow[s] = {k: flows[k][s] for k in FLOW_FIELDS}
-        self.pending[s].append(({k: v[seg] for k, v in rows.items()}, raw[seg]))
-        self.open_count[s] += len(seg)
-        self.pending_packets += len(seg)
+    def finish(self) -> list[str]:
+        open_slots = self._open_slots()
+        return self._emit(self._close(open_slots)) if len(open_slots) else []
 
-    def _close(self, slots: list[int]) -> WindowBatch:
-        blocks = []
-        meta = []
-        for s in slots:
-            parts = self.pending.pop(s)
-            cnt = self.open_count.pop(s)
-            start = self.open_start.pop(s)
-            flow = self.open_flow.pop(s)
-            self.pending_packets -= cnt
-            rows = {k: np.concatenate([p[0][k] for p in parts]) for k in FIELDS}
-            raw = np.concatenate([p[1] for p in parts])
-            blocks.append((rows, raw))
-            meta.append((s, start, flow))
-        return self._pack(blocks, meta)
-
-    def _build_direct(self, segs: list[np.ndarray], meta: list[tuple[int, int]],
-                      rows: dict[str, np.ndarray], raw: np.ndarray,
-                      flows: dict[str, np.ndarray]) -> WindowBatch:
-        blocks = [({k: v[seg] for k, v in rows.items()}, raw[seg]) for seg in segs]
-        full = [(s, start, {k: flows[k][s] for k in FLOW_FIELDS}) for s, start in meta]
-        return self._pack(blocks, full)
-
-    def _pack(self, blocks: list, meta: list) -> WindowBatch:
-        b = len(blocks)
-        npk = self.cfg.packets
+    # -- internals -----------------------------------------------------------------------------
+    def _raw_bytes(self, data: np.ndarray, l3: np.ndarray, size: np.ndarray) -> np.ndarray:
+        """uint8 [n, M]: the first M bytes from each packet's IP header, zero past its IP
+        length (bytes past the buffer's end repeat its last byte, then get zeroed by length
+        as before)."""
         m = self.cfg.bytes
-        pk = {k: np.zeros((b, npk), dtype=t) for k, t in FIELDS.items()}
+        l3 = l3.astype(np.int64)
+        if len(data) >= m:
+            inside = l3 + m <= len(data)
+            view = np.lib.stride_tricks.sliding_window_view(data, m)
+            raw = view[np.where(inside, l3, 0)]
+            if not inside.all():
+                out = np.flatnonzero(~inside)
+                grab = l3[out][:, None] + np.arange(m)
+                raw[out] = data[np.minimum(grab, len(data) - 1)]
+        else:
+            grab = l3[:, None] + np.arange(m)
+            raw = data[np.minimum(grab, len(data) - 1)]
+        raw[np.arange(m)[None, :] >= size[:, None]] = 0
+        return raw
+
+    def _ensure(self, want: int) -> None:
+        have = len(self._seq)
+        if want <= have:
+            return
+        cap = max(want, 2 * have, 1024)
+        self._seq = np.r_[self._seq, np.full(cap - have, -1, np.int64)]
+        self._row = np.r_[self._row, np.full(cap - have, -1, np.int64)]
+        self._start = np.r_[self._start, np.zeros(cap - have, np.int64)]
+        self._count = np.r_[self._count, np.zeros(cap - have, np.int64)]
+        for k, a in self._flow.items():
+            self._flow[k] = np.r_[a, np.zeros(cap - have, a.dtype)]
+
+    def _capture_flow_dtypes(self, cols: dict[str, np.ndarray]) -> None:
+        if len(self._flow) == len(FLOW_FIELDS):
+            return
+        for k in FLOW_FIELDS:
+            self._flow[k] = np.zeros(len(self._seq), cols[k].dtype)
+
+    def _open_slots(self) -> np.ndarray:
+        """Slots with an open window, in the order the windows opened."""
+        s = np.flatnonzero(self._seq >= 0)
+        return s[np.argsort(self._seq[s], kind="stable")]
+
+    def _close(self, slots: np.ndarray, rows: dict[str, np.ndarray] | None = None,
+               raw: np.ndarray | None = None, tail: np.ndarray | None = None,
+               tail_row: np.ndarray | None = None) -> WindowBatch:
+        """Close the open windows of `slots` (output rows in that order); `tail` are packets
+        of this batch (indices into rows/raw, row per packet in tail_row) that end them."""
+        slots = np.asarray(slots, dtype=np.int64)
+        k = len(slots)
+        st = self.store
+        self._row[slots] = np.arange(k)
+        ps = st.slot[: st.n]
+        prow = self._row[ps]
+        pick = np.flatnonzero((prow >= 0) & (st.seq[: st.n] == self._seq[ps]))
+        self._row[slots] = -1
+        prow = prow[pick]
+        cols = {name: st.cols[name][pick] for name in FIELDS}
+        praw = st.raw[pick]
+        if tail is not None and len(tail):
+            prow = np.r_[prow, tail_row]
+            cols = {name: np.r_[cols[name], rows[name][tail]] for name in FIELDS}
+            praw = np.concatenate([praw, raw[tail]])
+        srt = np.argsort(prow, kind="stable")  # stored packets first, then this batch's
+        wb = self._pack(k, prow[srt], {name: v[srt] for name, v in cols.items()}, praw[srt],
+                        self._start[slots].copy(), slots,
+                        {name: self._flow[name][slots] for name in FLOW_FIELDS})
+        self.pending_packets -= int(self._count[slots].sum())
+        self._seq[slots] = -1
+        self._count[slots] = 0
+        st.garbage += len(pick)
+        if st.garbage > max(4096, st.n // 2):
+            live = st.seq[: st.n] == self._seq[st.slot[: st.n]]
+            st.compact(live)
+        return wb
+
+    def _pack(self, b: int, row: np.ndarray, cols: dict[str, np.ndarray], raw: np.ndarray,
+              start: np.ndarray, slot: np.ndarray, flow: dict[str, np.ndarray]) -> WindowBatch:
+        """Scatter packets (sorted by output row, in time order within a row) into padded
+        [b, N] / [b, N, M] arrays."""
+        npk, m = self.cfg.packets, self.cfg.bytes
+        counts = np.bincount(row, minlength=b).astype(np.int64)
+        pos = np.arange(len(row)) - (np.cumsum(counts) - counts)[row]
+        ok = pos < npk
+        row, pos = row[ok], pos[ok]
+        counts = np.minimum(counts, npk)
+        pk = {}
+        for name, t in FIELDS.items():
+            a = np.zeros((b, npk), dtype=t)
+            a[row, pos] = cols[name][ok]
+            pk[name] = a
         data = np.zeros((b, npk, m), dtype=np.uint8)
-        counts = np.zeros(b, dtype=np.int64)
-        for i, (rows, raw) in enumerate(blocks):
-            k = min(len(raw), npk)
-            counts[i] = k
-            for name in FIELDS:
-                pk[name][i, :k] = rows[name][:k]
-            data[i, :k] = raw[:k]
-        flow = {k: np.asarray([mt[2][k] for mt in meta]) for k in FLOW_FIELDS}
-        ends = np.asarray([pk["ts_us"][i, counts[i] - 1] for i in range(b)], dtype=np.int64)
-        return WindowBatch(counts, np.asarray([mt[1] for mt in meta], dtype=np.int64), ends,
-                           np.asarray([mt[0] for mt in meta], dtype=np.int64), pk, data, flow)
+        data[row, pos] = raw[ok]
+        ends = pk["ts_us"][np.arange(b), np.maximum(counts - 1, 0)]
+        return WindowBatch(counts, start.astype(np.int64), ends.astype(np.int64),
+                           slot.astype(np.int64), pk, data, flow)
 
     def _emit(self, wb: WindowBatch) -> list[str]:
         if not len(wb):
@@ -202,5 +396,21 @@ class WindowStage:
         self.stats["windows"] += len(wb)
         return self.consumer(wb)
 
-    def finish(self) -> list[str]:
-        return self._emit(self._close(list(self.pending))) if self.pending else []
+
+def _chain(nxt: np.ndarray, first: np.ndarray, longest: int) -> np.ndarray:
+    """Bool [n]: the packets reached from `first` by following `nxt` (n = past the end).
+
+    Pointer doubling: jump tables J_k = nxt applied 2^k times; the packets reached at
+    multiples of 2^k are those reached at multiples of 2^(k+1) plus one J_k jump from them.
+    log2(longest) rounds of whole-array gathers, whatever the number of flows."""
+    n = len(nxt)
+    jump = np.r_[nxt, n]
+    marked = np.zeros(n + 1, dtype=bool)
+    marked[first] = True
+    levels = max(1, int(longest).bit_length())
+    tables = [jump]
+    for _ in range(levels - 1):
+        tables.append(tables[-1][tables[-1]])
+    for table in reversed(tables):
+        marked[table[np.flatnonzero(marked)]] = True
+    return marked[:n]

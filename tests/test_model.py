@@ -383,3 +383,71 @@ def test_replay_refuses_a_bad_model_in_one_line(tmp_path, capsys):
     assert main(["replay", str(SAMPLE), "-q", "-l", str(out), "-c", str(cfg)]) == 2
     err = capsys.readouterr().err.strip()
     assert "packets 16 (model: 32)" in err and len(err.splitlines()) == 1
+
+
+def test_bulk_flow_lines_equal_the_dict_path():
+    """The model's flow lines (bulk writer + spliced metadata, what replay writes) are byte
+    for byte the per-flow dict path's, classifier and site-baseline keys included."""
+    from sensor.output.eve import flow_events_dicts
+
+    baseline = REPO / "models" / "site-baseline.onnx"
+    cfg = dataclasses.replace(Config(), model=ModelConfig(enabled=True,
+                                                          baselines=(str(baseline),)))
+    stage = build_model_stage(cfg)
+    seen = []
+    plain = stage.flow_extra
+
+    def recording(ended):
+        fn = plain(ended)
+        seen.append((ended, fn))
+        return fn
+
+    stage.flow_extra = recording
+    pipe = Pipeline(cfg, None, [stage])
+    for b in PcapSource(str(REPO / "pcaps" / "model" / "bn-5101.pcap.gz")).batches():
+        pipe.process(b)
+    pipe.finish()
+    with_meta = 0
+    for ended, fn in seen:
+        for cid, seed in ((True, 0), (False, 0), (True, 7)):
+            bulk = fn.flow_lines(cid, seed)
+            assert bulk == flow_events_dicts(ended, fn, cid, seed)
+        with_meta += sum('"ml_anomaly_permille"' in x for x in bulk)
+    assert with_meta > 100
+
+
+def test_flow_verdicts_fold_windows_as_one_by_one():
+    """update_flow_verdicts (all windows at once) leaves the ml_* columns exactly as the
+    window-by-window rule does, on random batches with repeated flows, ties and flows that
+    already had windows or were already over a threshold."""
+    from sensor.detect.model import update_flow_verdicts
+
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        nflows, nwin = int(rng.integers(1, 6)), int(rng.integers(1, 40))
+        cols = {"ml_windows": rng.integers(0, 2, nflows).astype(np.int32),
+                "ml_score": rng.choice([0.1, 0.5, 0.9], nflows).astype(np.float32),
+                "ml_over": rng.random(nflows) < 0.3,
+                "ml_class": rng.integers(0, 4, nflows).astype(np.int16)}
+        cols["ml_score"][cols["ml_windows"] == 0] = -1.0
+        rows = rng.integers(-1, nflows, nwin)
+        score = rng.choice([0.1, 0.3, 0.5, 0.7, 0.9], nwin).astype(np.float32)
+        over = rng.random(nwin) < 0.3
+        alert_cls = rng.integers(1, 4, nwin)
+        top = rng.integers(1, 4, nwin)
+        want = {k: v.copy() for k, v in cols.items()}
+        for j in range(nwin):  # the rule, window by window
+            r = rows[j]
+            if r < 0:
+                continue
+            if want["ml_windows"][r] == 0 or score[j] > want["ml_score"][r]:
+                want["ml_score"][r] = score[j]
+                if not want["ml_over"][r] or over[j]:
+                    want["ml_class"][r] = alert_cls[j] if over[j] else top[j]
+            if over[j] and not want["ml_over"][r]:
+                want["ml_over"][r] = True
+                want["ml_class"][r] = alert_cls[j]
+            want["ml_windows"][r] += 1
+        update_flow_verdicts(cols, rows, score, over, alert_cls, top)
+        for k in want:
+            assert cols[k].dtype == want[k].dtype and np.array_equal(cols[k], want[k]), (trial, k)

@@ -2,15 +2,21 @@
 
 Each case replays the same committed captures with the real CLI once with one process and
 once with 2 and 3 workers, and compares the multisets of flow and alert events (flow_id
-left out: it is random per run) and the final stats counters.
+left out: it is random per run) and the final stats counters. The lab captures (4-6 MB
+uncompressed) are read in two chunks that the parallel reader sends as one group, so the
+grouping is compared too.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +196,25 @@ def test_bench_runs_the_workers_variant(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     rows = {r["variant"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["netsensor -w 2"]["flow_events"] == rows["netsensor"]["flow_events"] > 0
+
+
+def test_a_killed_worker_ends_replay_with_one_line(tmp_path: Path) -> None:
+    """A worker that dies (OOM killer, kill -9) is reported, never a traceback or a hang."""
+    proc = subprocess.Popen([sys.executable, "-m", "sensor.cli", "replay", "-q", "-w", "2",
+                             "-l", str(tmp_path), "-"], stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=REPO)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 20
+    workers: list[int] = []
+    while len(workers) < 2 and time.monotonic() < deadline:
+        pids = [int(p) for p in children.read_text().split()]
+        workers = [p for p in pids if "resource_tracker" not in
+                   Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+        time.sleep(0.05)
+    assert len(workers) == 2, "workers did not start"
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(Path(SAMPLE).read_bytes(), timeout=60)
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert len(text.strip().splitlines()) == 1 and "Traceback" not in text, text
+    assert re.search(r"replay worker [01] ended unexpectedly \(killed by signal 9\)", text)

@@ -176,3 +176,53 @@ def test_tcp_port_reuse_in_one_batch_gives_separate_windows(tmp_path: Path) -> N
         assert wins[0]["flow_id"] != wins[1]["flow_id"]
         assert wins[0]["tcp_flags"] == wins[1]["tcp_flags"] == [0x02, 0x12, 0x10, 0x11, 0x11,
                                                                 0x10]
+
+
+def _greedy_windows(ts: list[int], span_us: int, npk: int) -> list[list[int]]:
+    """The window rule for one flow seen in one batch, packet by packet: a window starts at
+    packet p and takes the packets before the first one at or after ts[p] + span (numpy's
+    binary search over the flow's times, so also for out-of-order times) and at most npk."""
+    arr = np.asarray(ts)
+    out, p = [], 0
+    while p < len(ts):
+        lim = min(len(ts), p + npk, int(np.searchsorted(arr, ts[p] + span_us)))
+        lim = max(lim, p + 1)
+        out.append(ts[p:lim])
+        p = lim
+    return out
+
+
+def test_interleaved_flows_and_out_of_order_times_follow_the_window_rule(
+        tmp_path: Path) -> None:
+    """Five flows interleaved in one batch, cut by time and by count at once; one flow's
+    capture times jump backwards. The batched cutter gives each flow the windows of the
+    packet-by-packet rule; the flows in time order get the same windows whatever the batch
+    size (a backward time is compared with the window's start only when both are in one
+    batch, so the out-of-order flow may be cut differently across batches)."""
+    rng = np.random.default_rng(7)
+    frames, times, port_of = [], [], []
+    t = T0
+    for i in range(600):
+        port = 7000 + int(rng.integers(0, 5))
+        t += float(rng.exponential(0.03))
+        jitter = -float(rng.uniform(0, 0.4)) if port == 7000 and i % 7 == 3 else 0.0
+        frames.append(udp(CLI, SRV, port, 53, bytes([i % 256]) * 4))
+        times.append(round(t + jitter, 6))
+        port_of.append(port)
+    path = write_pcap(tmp_path / "mix.pcap", frames, times)
+    wcfg = WindowConfig(enabled=True, seconds=0.5, packets=7, bytes=32)
+    got, _ = run_windows(path, wcfg)
+    ts_us = [int(round(x * 1e6)) for x in times]
+    assert any(b < a for a, b in zip(ts_us, ts_us[1:], strict=False)), "needs times backwards"
+    for port in range(7000, 7005):
+        flow_ts = [x for x, p in zip(ts_us, port_of, strict=True) if p == port]
+        want = _greedy_windows(flow_ts, 500_000, 7)
+        have = sorted((w["ts_us"] for w in got if w["cli_port"] == port),
+                      key=lambda w: flow_ts.index(w[0]))
+        assert have == want, port
+    ref = sorted((w["cli_port"], w["ts_us"], w["data"]) for w in got if w["cli_port"] != 7000)
+    for bs in (1, 50):
+        again = sorted((w["cli_port"], w["ts_us"], w["data"])
+                       for w in run_windows(path, wcfg, batch_size=bs)[0]
+                       if w["cli_port"] != 7000)
+        assert again == ref, bs

@@ -34,6 +34,7 @@ from ..output.eve import (
     ICMP_PROTOS,
     PORT_PROTOS,
     dumps,
+    flow_lines,
     fmt_ts,
     ip_bytes,
     ip_str,
@@ -261,6 +262,55 @@ def predict_session(sess: Any, image: np.ndarray, seq: np.ndarray) -> np.ndarray
                            "sequence": np.ascontiguousarray(seq, dtype=np.float32)})[0]
 
 
+def update_flow_verdicts(cols: dict[str, np.ndarray], rows: np.ndarray, score: np.ndarray,
+                         over: np.ndarray, alert_cls: np.ndarray, top: np.ndarray) -> None:
+    """Fold windows into their flows' ml_* columns (row -1: flow gone), for all windows at
+    once, exactly as applying them one by one in order would: a flow's first window or a
+    strictly higher score sets ml_score; ml_class follows the highest window until the flow
+    first goes over a threshold (then that window's class), after which only higher windows
+    that are over a threshold change it."""
+    ok = np.flatnonzero(rows >= 0)
+    if not len(ok):
+        return
+    order = ok[np.argsort(rows[ok], kind="stable")]
+    r, s, ov = rows[order], score[order].astype(np.float32), over[order].astype(bool)
+    m = len(order)
+    first = np.r_[True, r[1:] != r[:-1]]
+    gstart = np.flatnonzero(first)
+    gid = np.cumsum(first) - 1
+    pos = np.arange(m) - gstart[gid]
+    rg = r[gstart]
+    w0, s0 = cols["ml_windows"][rg], cols["ml_score"][rg]
+    o0, c0 = cols["ml_over"][rg].astype(bool), cols["ml_class"][rg]
+    # running max of the scores within each flow (segmented doubling scan)
+    incl = s.copy()
+    step, longest = 1, int(pos.max())
+    while step <= longest:
+        idx = np.flatnonzero(pos >= step)
+        nxt = incl.copy()
+        nxt[idx] = np.maximum(incl[idx], incl[idx - step])
+        incl, step = nxt, step * 2
+    base = np.where(w0 > 0, s0, np.float32(-np.inf)).astype(np.float32)[gid]
+    before = np.where(pos == 0, base, np.maximum(base, np.r_[np.float32(-np.inf),
+                                                             incl[:-1]]))
+    newmax = ((pos == 0) & (w0[gid] == 0)) | (s > before)
+    big = np.int64(m + 1)
+    first_over = np.minimum.reduceat(np.where(ov, pos, big), gstart)
+    cand = ov & (newmax | ((pos == first_over[gid]) & ~o0[gid]))
+    at = np.arange(m)
+    last_cand = np.maximum.reduceat(np.where(cand, at, -1), gstart)
+    last_new = np.maximum.reduceat(np.where(newmax, at, -1), gstart)
+    over_final = o0 | (first_over < big)
+    cls = np.where(last_cand >= 0, alert_cls[order][np.maximum(last_cand, 0)],
+                   np.where(~over_final & (last_new >= 0), top[order][np.maximum(last_new, 0)],
+                            c0))
+    last = np.r_[gstart[1:], m] - 1
+    cols["ml_score"][rg] = np.maximum(base[gstart], incl[last])
+    cols["ml_class"][rg] = cls
+    cols["ml_over"][rg] = over_final
+    cols["ml_windows"][rg] = w0 + (last - gstart + 1)
+
+
 def _concat(batches: list[WindowBatch]) -> WindowBatch:
     if len(batches) == 1:
         return batches[0]
@@ -431,7 +481,47 @@ class ModelStage:
                 fv.append({"key": "ml_anomaly_score",
                            "value": f"{float(cols['ml_anomaly'][i]):.3f}"})
             meta.setdefault("flowints", {}).update(ints)
+
+        # the pipeline writes the same lines in bulk when the model is the only stage that
+        # adds keys (see _flow_lines)
+        extra.flow_lines = lambda with_cid, seed: self._flow_lines(  # type: ignore[attr-defined]
+            ended, with_cid, seed)
         return extra
+
+    def _flow_lines(self, ended: EndedFlows, with_cid: bool, cid_seed: int) -> list[str]:
+        """Byte for byte the lines flow_events(ended, flow_extra(ended)) writes, from the bulk
+        flow writer with the `metadata` object spliced in right after `flow` (where the dict
+        path puts it): a dict and a json run per flow cost more than windows and features."""
+        lines = flow_lines(ended, with_cid, cid_seed)
+        cols = ended.cols
+        if "ml_windows" not in cols:
+            return lines
+        idx = np.flatnonzero(cols["ml_windows"] != 0)
+        if not len(idx):
+            return lines
+        names = [dumps(c) for c in self.classes]
+        benign = dumps("benign")
+        cls = [names[c] if o else benign for c, o in
+               zip(cols["ml_class"][idx].tolist(), cols["ml_over"][idx].tolist(), strict=True)]
+        scores = cols["ml_score"][idx].astype(np.float64).tolist()
+        windows = cols["ml_windows"][idx].tolist()
+        if self.baselines:
+            ratio = cols["ml_anomaly_ratio"][idx]
+            anom = [(f',{{"key":"ml_anomaly_score","value":"{a:.3f}"}}',
+                     f',"ml_anomaly_permille":{int(round(r * 1000))}') if r >= 0 else ("", "")
+                    for r, a in zip(ratio.astype(np.float64).tolist(),
+                                    cols["ml_anomaly"][idx].astype(np.float64).tolist(),
+                                    strict=True)]
+        else:
+            anom = [("", "")] * len(idx)
+        for i, c, sc, w, (av, ai) in zip(idx.tolist(), cls, scores, windows, anom, strict=True):
+            line = lines[i]
+            k = line.index("}", line.index('"alerted":')) + 1
+            lines[i] = (f'{line[:k]},"metadata":{{"flowvars":[{{"key":"ml_class","value":{c}}},'
+                        f'{{"key":"ml_score","value":"{sc:.3f}"}}{av}],"flowints":'
+                        f'{{"ml_score_permille":{int(round(sc * 1000))},"ml_windows":{w}{ai}}}}}'
+                        f'{line[k:]}')
+        return lines
 
     # -- internals -----------------------------------------------------------------------------
     def _attach(self, table: FlowTable) -> None:
@@ -466,6 +556,41 @@ class ModelStage:
             lo = hi
         return out
 
+    def _chunks(self, wb: WindowBatch) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(window indices, image, sequence) of each scoring chunk, in `_run`'s order and
+        trim: features are extracted per chunk at its trimmed length, the very values of the
+        padded `features.extract` rows without computing the padding (features of a packet
+        depend only on it and the packets before it in its window)."""
+        n, m = self.contract.packets, self.contract.bytes
+        order = np.argsort(wb.n_packets, kind="stable")
+        counts = np.maximum(wb.n_packets[order], 1)
+        out = []
+        for lo in range(0, len(order), self.batch_size):
+            hi = min(len(order), lo + self.batch_size)
+            length = int(min(n, counts[hi - 1]))
+            idx = order[lo:hi]
+            sub = wb.n_packets[idx]
+            out.append((idx, features.image(wb.data[idx, :length], sub, length, m),
+                        features.sequence({k: v[idx, :length] for k, v in wb.pkts.items()},
+                                          sub, length)))
+        return out
+
+    def _run_chunks(self, sess: Any, chunks: list, b: int, width: int) -> np.ndarray:
+        """`_run` over chunks from `_chunks`."""
+        out = np.zeros((b, width), np.float32) if width else np.zeros(b, np.float32)
+        for idx, img, seq in chunks:
+            out[idx] = predict_session(sess, img, seq)
+            self.stats["ml.batches"] += 1
+        return out
+
+    def _window_features(self, wb: WindowBatch, j: int) -> tuple[np.ndarray, np.ndarray,
+                                                                  np.ndarray, int]:
+        """(image, sequence, n_packets, 0): window j alone, for `_explain`."""
+        n, m = self.contract.packets, self.contract.bytes
+        sub = wb.n_packets[j:j + 1]
+        return (features.image(wb.data[j:j + 1], sub, n, m),
+                features.sequence({k: v[j:j + 1] for k, v in wb.pkts.items()}, sub, n), sub, 0)
+
     def predict(self, image: np.ndarray, seq: np.ndarray, n_packets: np.ndarray) -> np.ndarray:
         """Class probabilities [B, C] of the classifier."""
         return self._run(self.sess, image, seq, n_packets, len(self.classes))
@@ -480,8 +605,8 @@ class ModelStage:
             return []
         wb = _concat(self.collected)
         self.collected = []
-        img, seq = features.extract(wb, self.contract.packets, self.contract.bytes)
-        probs = self.predict(img, seq, wb.n_packets)
+        chunks = self._chunks(wb)
+        probs = self._run_chunks(self.sess, chunks, len(wb), len(self.classes))
         self.last_scores = probs
         self.stats["ml.windows_scored"] += len(wb)
         attack = probs[:, 1:]
@@ -494,18 +619,7 @@ class ModelStage:
         alert_score = probs[np.arange(len(wb)), alert_cls]
         rows, cols = self._flow_rows(wb, ended)
         fid = wb.flow["flow_id"]
-        for j in range(len(wb)):
-            r = rows[j]
-            if r < 0:
-                continue
-            if cols["ml_windows"][r] == 0 or score[j] > cols["ml_score"][r]:
-                cols["ml_score"][r] = score[j]
-                if not cols["ml_over"][r] or over_any[j]:
-                    cols["ml_class"][r] = alert_cls[j] if over_any[j] else top[j]
-            if over_any[j] and not cols["ml_over"][r]:
-                cols["ml_over"][r] = True
-                cols["ml_class"][r] = alert_cls[j]
-            cols["ml_windows"][r] += 1
+        update_flow_verdicts(cols, rows, score, over_any, alert_cls, top)
         hits = np.flatnonzero(over_any)
         self.stats["ml.windows_over_threshold"] += len(hits)
         lines = []
@@ -527,18 +641,18 @@ class ModelStage:
             if self.explain:
                 k = int(alert_cls[j])
                 meta.update(self._explain(
-                    lambda im, sq, k=k: predict_session(self.sess, im, sq)[:, k], img, seq,
-                    wb.n_packets, j))
+                    lambda im, sq, k=k: predict_session(self.sess, im, sq)[:, k],
+                    *self._window_features(wb, j)))
             lines.append(self._alert(wb, j, f"NETSENSOR ML {cls} pattern", c.sid(cls),
                                      category, severity, meta, count, int(fid[j])))
         self.last_anomaly = []
         for b in self.baselines:
-            lines += self._score_baseline(b, wb, img, seq, rows, cols)
+            lines += self._score_baseline(b, wb, chunks, rows, cols)
         return lines
 
-    def _score_baseline(self, b: Baseline, wb: WindowBatch, img: np.ndarray, seq: np.ndarray,
-                        rows: np.ndarray, cols: dict) -> list[str]:
-        s = self.predict_baseline(b, img, seq, wb.n_packets)
+    def _score_baseline(self, b: Baseline, wb: WindowBatch, chunks: list, rows: np.ndarray,
+                        cols: dict) -> list[str]:
+        s = self._run_chunks(b.sess, chunks, len(wb), 0)
         self.last_anomaly.append(s)
         ratio = s / np.float32(b.threshold)
         for j in np.flatnonzero(rows >= 0).tolist():
@@ -564,7 +678,7 @@ class ModelStage:
                     "over_threshold": [f"{float(ratio[j]):.2f}x"]}
             if self.explain:
                 meta.update(self._explain(lambda im, sq: predict_session(b.sess, im, sq),
-                                          img, seq, wb.n_packets, j))
+                                          *self._window_features(wb, j)))
             lines.append(self._alert(wb, j, BASELINE_SIGNATURE, BASELINE_SID + b.index,
                                      "Potentially Bad Traffic", 2, meta, count,
                                      int(wb.flow["flow_id"][j])))

@@ -28,12 +28,13 @@ import numpy as np
 from ...community_id import community_id
 from ...config import Config
 from ...decode import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, DecodedBatch
-from ...flow import EndedFlows, FlowTable
+from ...flow import T_EST, EndedFlows, FlowTable
 from ...output.eve import dumps, fmt_ts, ip_bytes, ip_str, proto_name
 from .classification import ClassificationTable, load_classification
 from .content import Content
 from .iponly import split_indexable
 from .loader import RuleSet, load_rules
+from .mlverdict import reject_ml_rules, uses_ml
 from .parser import Rule
 from .payload import match_payload
 from .prefilter import Prefilter, fast_pattern
@@ -90,12 +91,32 @@ def _header_key(r: Rule) -> tuple:
 
 def _prekey(r: Rule) -> tuple:
     return (_header_key(r), r.flow, r.dsize, r.ttl, r.itype, r.icode, r.icmp_id, r.icmp_seq,
-            r.ip_proto, r.ip_id, r.window, r.seq, r.ack, r.tos, r.sameip, r.flags, r.fragbits)
+            r.ip_proto, r.ip_id, r.window, r.seq, r.ack, r.tos, r.sameip, r.flags, r.fragbits,
+            r.ml_class, r.ml_score)
+
+
+def _packet_keywords(r: Rule) -> tuple:
+    """The rule's tests on a packet's own header fields (None where absent)."""
+    return (r.dsize, r.ttl, r.itype, r.icode, r.icmp_id, r.icmp_seq, r.ip_proto, r.ip_id,
+            r.window, r.seq, r.ack, r.tos, r.flags, r.fragbits)
+
+
+def _verdict(c: dict[str, np.ndarray], rows: np.ndarray,
+             ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The model's verdict on the flows at `rows` as the flow event reports it: class index
+    (the class over its threshold, else 0 = benign; -1 = no window scored yet) and the
+    highest attack-class probability. (None, None) without a model stage."""
+    if "ml_windows" not in c:
+        return None, None
+    scored = c["ml_windows"][rows] > 0
+    cls = np.where(scored, np.where(c["ml_over"][rows], c["ml_class"][rows], 0), -1)
+    return cls.astype(np.int16), c["ml_score"][rows].astype(np.float32)
 
 
 def _is_iponly(r: Rule) -> bool:
-    """Suricata's SignatureIsIPOnly for our keyword subset."""
-    if r.payload or r.flow is not None:
+    """Suricata's SignatureIsIPOnly for our keyword subset (ml.* rules look at every packet:
+    the verdict changes during the flow)."""
+    if r.payload or r.flow is not None or uses_ml(r):
         return False
     if any(fb.command in ("isset", "isnotset") for fb in r.flowbits):
         return False
@@ -110,7 +131,7 @@ def _is_like_iponly(r: Rule) -> bool:
     """IP-only but for its ports: Suricata applies a pass of such a rule to the flow."""
     if r.src_ports.literal_any and r.dst_ports.literal_any:
         return False
-    if r.payload or r.flow is not None:
+    if r.payload or r.flow is not None or uses_ml(r):
         return False
     if any(fb.command in ("isset", "isnotset") for fb in r.flowbits):
         return False
@@ -196,6 +217,8 @@ class View:
     pcap_cnt: np.ndarray  # -1: none
     pkt_src: str
     outer: np.ndarray | None = None  # tunnelled packets: EVE `tunnel` object per packet
+    ml_class: np.ndarray | None = None  # the flow's model verdict (see _verdict); None: no
+    ml_score: np.ndarray | None = None  # model stage or no ml.* rule
 
     def __len__(self) -> int:
         return len(self.slot)
@@ -335,11 +358,16 @@ def _outer(batch: Any, idx: np.ndarray) -> np.ndarray | None:
 class RuleStage:
     """Pipeline stage: Suricata rules over each batch, EVE alert lines out."""
 
-    def __init__(self, cfg: Config, ruleset: RuleSet | None = None):
+    def __init__(self, cfg: Config, ruleset: RuleSet | None = None,
+                 ml_classes: tuple[str, ...] | None = None):
+        """`ml_classes`: the model's classes when the model stage runs (ml.* rules need it;
+        without it they are moved to the ruleset's rejected rules)."""
         self.cfg = cfg
         vars_ = {"address-groups": dict(cfg.vars.address_groups),
                  "port-groups": dict(cfg.vars.port_groups)}
         self.ruleset = ruleset if ruleset is not None else load_rules(cfg.rules.files, vars_)
+        self.ml_classes = tuple(ml_classes) if ml_classes is not None else None
+        reject_ml_rules(self.ruleset, self.ml_classes)
         self.loaded_at = time.time()
         self.classes = self._classification(cfg.rules.classification_file)
         tcfg: ThresholdConfig | None = None
@@ -413,6 +441,12 @@ class RuleStage:
             cr = self.rules[-1]
             cr.alert_json = dumps({**sig, "metadata": cr.metadata} if cr.metadata else sig)
         self.header_rules = [cr.order for cr in self.rules if not cr.has_payload]
+        self.has_ml = any(uses_ml(cr.rule) for cr in self.rules)
+        # ml.* rules about the flow only (no payload, no packet header test): they also get
+        # a flow-end look at the final verdict (on_flows_ended)
+        self.ml_flow_end = [o for o in self.header_rules if uses_ml(self.rules[o].rule) and
+                            all(k is None for k in _packet_keywords(self.rules[o].rule)) and
+                            not self.rules[o].rule.sameip]
         ipo = [(o, self.rules[o].rule) for o in self.header_rules if self.rules[o].iponly]
         self.ipo_src, self.ipo_dst, self.ipo_rest = split_indexable(ipo)
         # one prefilter per kind of buffer, holding only the rules that inspect that kind:
@@ -453,6 +487,9 @@ class RuleStage:
             flows.add_column("rs_pass", np.bool_, False)
             flows.add_column("rs_dirs", np.uint8, 0)
             flows.add_column("rs_swap", np.bool_, False)
+        if self.has_ml and "rs_ml_cls" not in flows.cols:  # the verdict packets last saw
+            flows.add_column("rs_ml_cls", np.int16, -2)
+            flows.add_column("rs_ml_score", np.float32, -2.0)
         self._cols_ready = flows
 
     def on_batch(self, ctx: Any) -> list[str]:
@@ -507,6 +544,8 @@ class RuleStage:
                 pseudo.append((i, to_server, chunk))
         if pseudo:
             lines = self._pseudo(ended, pseudo)
+        if self.ml_flow_end:
+            lines += self._verdict_pass(ended)
         for fid in fids:  # flowbits still count for the flow-end pseudo packets above
             self.flowbits.pop(fid, None)
             self.cid_cache.pop(fid, None)
@@ -570,6 +609,11 @@ class RuleStage:
             ip_id=d.ip_id[idx], tos=d.tos[idx], frag_bits=d.frag_bits[idx],
             vlan0=d.vlan0[idx], active=active, pcap_cnt=cnt,
             pkt_src=getattr(batch, "pkt_src", "wire/pcap"), outer=_outer(batch, idx))
+        if self.has_ml:  # the model stage ran first: this batch's closed windows count
+            view.ml_class, view.ml_score = _verdict(c, slot)
+            if view.ml_class is not None:
+                c["rs_ml_cls"][slot] = view.ml_class
+                c["rs_ml_score"][slot] = view.ml_score
         # inspection buffers
         units: list[tuple[int, int, bytes]] = []
         data = batch.data
@@ -787,6 +831,15 @@ class RuleStage:
                 else:
                     ok = x == f.flags
             out &= tcp & ok
+        if r.ml_class is not None or r.ml_score is not None:
+            if v.ml_class is None or v.ml_score is None:
+                out &= False
+            else:
+                out &= v.ml_class >= 0
+                if r.ml_class is not None:
+                    out &= r.ml_class.mask(v.ml_class, self.ml_classes or ())
+                if r.ml_score is not None:
+                    out &= r.ml_score.mask(v.ml_score)
         if r.fragbits is not None:
             fb = r.fragbits
             pb = v.frag_bits.astype(np.int64)
@@ -802,12 +855,15 @@ class RuleStage:
         return out
 
     def _matches(self, v: View, units: list[tuple[int, int, bytes]],
+                 header: list[int] | None = None,
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(position, rule order, stream match) of every rule that matched."""
+        """(position, rule order, stream match) of every rule that matched; `header` limits
+        the rules without payload (default: all of them, none on stream pseudo packets)."""
         pos_out: list[np.ndarray] = []
         rule_out: list[np.ndarray] = []
         str_out: list[np.ndarray] = []
-        header = self.header_rules if not v.pkt_src.startswith("stream") else []
+        if header is None:
+            header = self.header_rules if not v.pkt_src.startswith("stream") else []
         # IP-only rules only see the first packet of each flow direction: test those alone
         first = np.flatnonzero(v.first_dir & v.active)
         if header and len(first):
@@ -924,8 +980,9 @@ class RuleStage:
     # -- decisions and output ------------------------------------------------------------
     def _run(self, v: View, units: list[tuple[int, int, bytes]], flows: FlowTable | None,
              ctx: Any, ended: EndedFlows | None = None,
-             ended_rows: np.ndarray | None = None) -> list[str]:
-        pos, rule, stream = self._matches(v, units)
+             ended_rows: np.ndarray | None = None,
+             header: list[int] | None = None) -> list[str]:
+        pos, rule, stream = self._matches(v, units, header)
         if not len(pos):
             return []
         c = flows.cols if flows is not None else None
@@ -1196,17 +1253,62 @@ class RuleStage:
             icmp_seq=z16, ip_id=z16, tos=z8, frag_bits=z8, vlan0=c["vlan0"][rows],
             active=~c["rs_pass"][rows] if "rs_pass" in c else np.ones(n, dtype=bool),
             pcap_cnt=np.full(n, -1, dtype=np.int64), pkt_src="stream (flow timeout)")
+        if self.has_ml:
+            v.ml_class, v.ml_score = _verdict(c, rows)
         units = [(i, UNIT_STREAM, p[2]) for i, p in enumerate(pseudo)]
         self._added = np.zeros(n, dtype=bool)
         return self._run(v, units, None, None, ended, rows)
 
+    def _verdict_pass(self, ended: EndedFlows) -> list[str]:
+        """Flow end: the ml.* rules about the flow (self.ml_flow_end) look once more, on a
+        pseudo packet from client to server without payload or TCP flags, at the flows whose
+        final verdict no packet saw (windows closed at flow end, or between the flow's
+        packets), so a verdict reached only at flow end still reaches the rules."""
+        c = ended.cols
+        cls, score = _verdict(c, np.arange(len(ended)))
+        if cls is None or score is None:
+            return []
+        changed = cls >= 0
+        if "rs_ml_cls" in c:
+            changed &= (cls != c["rs_ml_cls"]) | (score != c["rs_ml_score"])
+        rows = np.flatnonzero(changed)
+        if not len(rows):
+            return []
+        n = len(rows)
+        proto = c["proto"][rows]
+        ports = np.isin(proto, PORT_PROTOS)
+        icmp = (proto == PROTO_ICMP) | (proto == PROTO_ICMPV6)
+        cli_port = c["cli_port"][rows]
+        est = np.where(proto == PROTO_TCP, (c["tcp"][rows] & T_EST) != 0,
+                       (c["pkts_ts"][rows] > 0) & (c["pkts_tc"][rows] > 0))
+        active = np.ones(n, dtype=bool)
+        if "rs_pass" in c:
+            active = ~c["rs_pass"][rows] & (c["rs_mode"][rows] != MODE_IGNORED)
+        z8, z16, z32 = (np.zeros(n, dtype=t) for t in (np.uint8, np.uint16, np.uint32))
+        v = View(
+            slot=rows, flow_id=c["flow_id"][rows], proto=proto, ipver=c["ipver"][rows],
+            src_hi=c["cli_hi"][rows], src_lo=c["cli_lo"][rows], dst_hi=c["srv_hi"][rows],
+            dst_lo=c["srv_lo"][rows], sport=np.where(ports, cli_port, 0),
+            dport=np.where(ports, c["srv_port"][rows], 0), to_server=np.ones(n, dtype=bool),
+            established=est, first_dir=np.zeros(n, dtype=bool), ts=c["last_ts"][rows],
+            plen=np.zeros(n, dtype=np.int32), ttl=z8, tcp_flags=z8, tcp_seq=z32, tcp_ack=z32,
+            tcp_win=z16, icmp_type=np.where(icmp, cli_port & 0xFF, 0).astype(np.uint8),
+            icmp_code=np.where(icmp, cli_port >> 8, 0).astype(np.uint8), icmp_id=z16,
+            icmp_seq=z16, ip_id=z16, tos=z8, frag_bits=z8, vlan0=c["vlan0"][rows],
+            active=active, pcap_cnt=np.full(n, -1, dtype=np.int64),
+            pkt_src="flow end (model verdict)", ml_class=cls[rows], ml_score=score[rows])
+        self._added = np.zeros(n, dtype=bool)
+        return self._run(v, [], None, None, ended, rows, header=self.ml_flow_end)
 
-def build_rule_stage(cfg: Config, strict: bool = False) -> RuleStage | None:
+
+def build_rule_stage(cfg: Config, strict: bool = False,
+                     ml_classes: tuple[str, ...] | None = None) -> RuleStage | None:
     """The rule stage for `cfg`, or None without rule files.
 
     Unreadable rule files raise RuleLoadError. Rejected rules are printed on stderr, one
     line each, and counted; with `strict` (the daemon, also on reload) any rejected rule
-    raises instead, so the daemon keeps the rule set it runs.
+    raises instead, so the daemon keeps the rule set it runs. `ml_classes` are the model's
+    classes when the model runs: ml.* rules are rejected without it (sensor.stages).
     """
     if not cfg.rules.files:
         return None
@@ -1218,12 +1320,13 @@ def build_rule_stage(cfg: Config, strict: bool = False) -> RuleStage | None:
         raise RuleLoadError(f"rules: {exc}") from None
     if rs.file_errors:
         raise RuleLoadError(rs.file_errors[0])
+    reject_ml_rules(rs, ml_classes)
     if strict and rs.errors:
         more = f" (and {len(rs.errors) - 1} more)" if len(rs.errors) > 1 else ""
         raise RuleLoadError(f"{len(rs.errors)} rule problem(s): {rs.errors[0]}{more}")
     for err in rs.errors:
         print(err, file=sys.stderr)
-    stage = RuleStage(cfg, rs)
+    stage = RuleStage(cfg, rs, ml_classes)
     for msg in stage.threshold_errors:
         print(msg, file=sys.stderr)
     if rs.errors:

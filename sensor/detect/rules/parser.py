@@ -1,7 +1,8 @@
 """Suricata 7 rule text -> frozen `Rule` objects.
 
 Only the packet-level subset is accepted (protocols ip/tcp/udp/icmp, payload content/pcre,
-header keywords, flow, flowbits, thresholds). Anything else is rejected with the keyword
+header keywords, flow, flowbits, thresholds, and netsensor's `ml.class`/`ml.score` on the
+model's flow verdict). Anything else is rejected with the keyword
 named, because a rule silently loaded with a different meaning is worse than no rule.
 """
 
@@ -36,6 +37,7 @@ from .keywords import (
     parse_u16,
     parse_window,
 )
+from .mlverdict import MlClass, MlScore, parse_ml_class, parse_ml_score
 from .ports import PortParser, PortSet
 from .rulevars import RuleVars, make_vars
 
@@ -51,6 +53,7 @@ _SINGLE = {
     "icmp_seq": "icmp_seq", "ip_proto": "ip_proto", "id": "ip_id", "window": "window",
     "seq": "seq", "ack": "ack", "tos": "tos", "sameip": "sameip", "flags": "flags",
     "fragbits": "fragbits", "threshold": "threshold", "detection_filter": "detection_filter",
+    "ml.class": "ml_class", "ml.score": "ml_score",  # netsensor: the model's flow verdict
 }
 SUPPORTED_KEYWORDS = frozenset(_SINGLE) | CONTENT_MODIFIERS | frozenset(
     {"content", "pcre", "isdataat", "metadata", "reference", "flowbits", "noalert"})
@@ -105,6 +108,8 @@ class Rule:
     fragbits: FragBits | None = None
     threshold: Threshold | None = None
     detection_filter: Threshold | None = None
+    ml_class: MlClass | None = None
+    ml_score: MlScore | None = None
     file: str = field(default="", compare=False)
     line: int = field(default=0, compare=False)
     raw: str = field(default="", compare=False, repr=False)
@@ -369,6 +374,10 @@ def _single(kw: str, value: str | None, proto: str) -> object:
         return parse_threshold(value)
     if kw == "detection_filter":
         return parse_detection_filter(value)
+    if kw == "ml.class":
+        return parse_ml_class(value)
+    if kw == "ml.score":
+        return parse_ml_score(value)
     raise unsupported_keyword(kw)  # pragma: no cover - table and dispatch kept in step
 
 
