@@ -57,6 +57,8 @@ DEFAULT_CLASSIFICATION = os.path.join(
 # per flow mode (FlowTable column rs_mode)
 MODE_UNSET, MODE_SESSION, MODE_MIDSTREAM, MODE_PACKET, MODE_IGNORED = 0, 1, 2, 3, 4
 UNIT_PACKET, UNIT_STREAM = 0, 1
+# per flow (FlowTable column rs_stream): does a rule's header let it see the TCP stream
+STREAM_UNDECIDED, STREAM_NEEDED, STREAM_SKIPPED = 0, 1, 2
 MIDSTREAM_POLICIES = ("ignore", "auto", "pass-flow", "bypass", "drop-flow", "drop-packet",
                       "pass-packet", "reject")
 
@@ -158,6 +160,49 @@ def _stream_flags(r: Rule) -> dict[str, bool]:
                                                       c.offset is not None)
                          for c in r.payload)
     return {"req_packet": req_packet, "req_stream": req_stream, "only_stream": only}
+
+
+def stream_rules(rules: list[CompiledRule]) -> list[Rule]:
+    """The rules a TCP session exists for: those that can inspect stream data, or whose
+    packet inspection depends on whether the packet went into the stream (req_stream).
+    A udp/icmp header never matches a TCP packet, so those rules do not count."""
+    return [cr.rule for cr in rules if cr.req_stream and cr.rule.proto not in ("udp", "icmp")]
+
+
+def flows_need_stream(rules: list[Rule], ipver: np.ndarray, src_hi: np.ndarray,
+                      src_lo: np.ndarray, dst_hi: np.ndarray, dst_lo: np.ndarray,
+                      sport: np.ndarray, dport: np.ndarray) -> np.ndarray:
+    """Per TCP flow (given by one packet of it): whether one of `rules` has a header that
+    can match a packet of the flow. Every packet of a TCP flow carries its addresses and
+    ports in one of two orientations, so a header that matches neither can never see the
+    flow's stream, whatever its direction (`->`, `<>`), negations, `any` or port groups:
+    such flows need no Session (same tests as RuleStage._header_mask)."""
+    n = len(ipver)
+    need = np.zeros(n, dtype=bool)
+    if not n:
+        return need
+    sides = {"s": _side(ipver, src_hi, src_lo), "d": _side(ipver, dst_hi, dst_lo)}
+    port_of = {"s": sport, "d": dport}
+    seen: set[tuple] = set()
+    for r in rules:
+        key = (r.src, r.src_ports, r.dst, r.dst_ports)
+        if key in seen:
+            continue
+        seen.add(key)
+        for a, b in (("s", "d"), ("d", "s")):
+            w = np.ones(n, dtype=bool)
+            if not r.src.is_any:
+                w &= _addr_mask(r.src, n, sides[a])
+            if not r.dst.is_any:
+                w &= _addr_mask(r.dst, n, sides[b])
+            if not r.src_ports.is_any:
+                w &= r.src_ports.mask(port_of[a])
+            if not r.dst_ports.is_any:
+                w &= r.dst_ports.mask(port_of[b])
+            need |= w
+        if need.all():
+            break
+    return need
 
 
 def _fb_rank(r: Rule) -> int:
@@ -462,6 +507,10 @@ class RuleStage:
         self.req_p = np.asarray([cr.req_packet for cr in self.rules], dtype=bool)
         self.req_s = np.asarray([cr.req_stream for cr in self.rules], dtype=bool)
         self.only_s = np.asarray([cr.only_stream for cr in self.rules], dtype=bool)
+        # TCP sessions only for flows a stream rule's header can match (rs_stream column)
+        self.stream_rules = stream_rules(self.rules)
+        self.stream_always = any(r.src.is_any and r.dst.is_any and r.src_ports.is_any and
+                                 r.dst_ports.is_any for r in self.stream_rules)
 
     # -- stage protocol ------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
@@ -487,6 +536,10 @@ class RuleStage:
             flows.add_column("rs_pass", np.bool_, False)
             flows.add_column("rs_dirs", np.uint8, 0)
             flows.add_column("rs_swap", np.bool_, False)
+        if "rs_stream" not in flows.cols:
+            flows.add_column("rs_stream", np.uint8, STREAM_UNDECIDED)
+        else:  # decided by another ruleset (a reload): decide again on the next packet
+            flows.cols["rs_stream"][:] = STREAM_UNDECIDED
         if self.has_ml and "rs_ml_cls" not in flows.cols:  # the verdict packets last saw
             flows.add_column("rs_ml_cls", np.int16, -2)
             flows.add_column("rs_ml_score", np.float32, -2.0)
@@ -621,6 +674,8 @@ class RuleStage:
         poff = d.poff[idx]
         plen = view.plen
         stream_pkt = active & is_tcp & ((mode == MODE_SESSION) | (mode == MODE_MIDSTREAM))
+        if not self.stream_always and stream_pkt.any():
+            stream_pkt &= self._stream_decision(d, idx, slot, stream_pkt, c)
         added = np.zeros(len(idx), dtype=bool)
         sp = np.flatnonzero(stream_pkt)
         if len(sp):
@@ -660,6 +715,23 @@ class RuleStage:
                                  strict=True):
                 units.append((pos, UNIT_PACKET, raw[o:o + n]))
         return view, units
+
+    def _stream_decision(self, d: DecodedBatch, idx: np.ndarray, slot: np.ndarray,
+                         stream_pkt: np.ndarray, c: dict[str, np.ndarray]) -> np.ndarray:
+        """Per packet: whether its flow needs a Session. Decided once per flow, on its
+        first packet that would go into the stream, and kept in the rs_stream column."""
+        col = c["rs_stream"]
+        state = col[slot]
+        und = np.flatnonzero(stream_pkt & (state == STREAM_UNDECIDED))
+        if len(und):
+            uslot, first = np.unique(slot[und], return_index=True)
+            at = idx[und[first]]
+            need = flows_need_stream(self.stream_rules, d.ipver[at], d.src_hi[at],
+                                     d.src_lo[at], d.dst_hi[at], d.dst_lo[at],
+                                     d.sport[at], d.dport[at])
+            col[uslot] = np.where(need, STREAM_NEEDED, STREAM_SKIPPED)
+            state = col[slot]
+        return state != STREAM_SKIPPED
 
     # -- matching ------------------------------------------------------------------------
     def _prekey_masks(self, v: View, needed: set[int]) -> dict[int, np.ndarray]:
