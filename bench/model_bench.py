@@ -92,11 +92,25 @@ def replay(pcap: str, config: str | None) -> float:
         return time.perf_counter() - t0
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_pcap_arg(ap: argparse.ArgumentParser) -> None:
+    """--pcap: the bench capture where it was made (bench/make_bench_pcap.py), else the
+    sample (also bench/model_profile.py's)."""
     default = REPO / "bench" / "data" / "mixed.pcap"
     ap.add_argument("--pcap", default=str(default if default.exists() else
                                           REPO / "pcaps" / "sample.pcap"))
+
+
+def write_model_config(path: str, baseline: str | None) -> None:
+    """The model-on config: windows + the shipped model (+ the site baseline if given)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("windows:\n  enabled: true\nmodel:\n  enabled: true\n")
+        if baseline:
+            fh.write(f"  baselines: [{os.path.abspath(baseline)}]\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_pcap_arg(ap)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline", default=None, help="also score with this site baseline")
     ap.add_argument("--json", default=None)
@@ -112,10 +126,7 @@ def main() -> int:
              if "baseline_windows_per_s" in s else ""))
     with tempfile.TemporaryDirectory() as d:
         on = os.path.join(d, "on.yaml")
-        with open(on, "w", encoding="utf-8") as fh:
-            fh.write("windows:\n  enabled: true\nmodel:\n  enabled: true\n")
-            if a.baseline:
-                fh.write(f"  baselines: [{os.path.abspath(a.baseline)}]\n")
+        write_model_config(on, a.baseline)
         runs_off, runs_on = [], []
         for _ in range(a.repeat):
             runs_off.append(replay(a.pcap, None))

@@ -22,6 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from model_bench import add_pcap_arg, write_model_config  # noqa: E402
+
 from sensor.cli import main as cli_main  # noqa: E402
 
 # part -> (file suffix, function name, "cum" or "own")
@@ -43,17 +45,12 @@ PARTS = {
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default = REPO / "bench" / "data" / "mixed.pcap"
-    ap.add_argument("--pcap", default=str(default if default.exists() else
-                                          REPO / "pcaps" / "sample.pcap"))
+    add_pcap_arg(ap)
     ap.add_argument("--baseline", default=None)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         cfg = os.path.join(d, "on.yaml")
-        with open(cfg, "w", encoding="utf-8") as fh:
-            fh.write("windows:\n  enabled: true\nmodel:\n  enabled: true\n")
-            if a.baseline:
-                fh.write(f"  baselines: [{os.path.abspath(a.baseline)}]\n")
+        write_model_config(cfg, a.baseline)
         prof = cProfile.Profile()
         prof.enable()
         rc = cli_main(["replay", a.pcap, "-q", "-l", d, "-c", cfg])

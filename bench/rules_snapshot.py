@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import glob
 import io
-import json
 import os
 import sys
 import tempfile
@@ -41,38 +40,19 @@ if os.environ.get("RULES_SNAPSHOT_TREE"):  # another copy of `sensor` (e.g. the 
 import sensor  # noqa: E402,F401,I001  (first, so the helpers below use this copy)
 from eve_snapshot import replay_to  # noqa: E402
 from rules_bench import CLASSIFICATION, SHIPPED, et_loadable_subset  # noqa: E402
-from test_rules_conformance import _logs_alerts, _suricata_settings, cases  # noqa: E402
-
-E2E_VARS = {"HOME_NET": "[192.168.0.0/16,10.0.0.0/8,172.16.0.0/12]",
-            "EXTERNAL_NET": "!$HOME_NET"}
+from test_rules_conformance import case_config, cases, e2e_config  # noqa: E402
 
 
 def _jobs(workdir: Path, extra_pcaps: list[str]) -> list[tuple[str, str, dict]]:
     """(name, pcap, config) of every run."""
     out: list[tuple[str, str, dict]] = []
     for case in cases():
-        meta = json.loads((case / "meta.json").read_text())
-        pcap = case / meta.get("pcap_file", "input.pcap")
-        if not pcap.is_file():
-            pcap = next(case.glob("input.pcap*"))
-        addr = {k: v for k, v in meta.get("vars", {}).items() if not k.endswith("_PORTS")}
-        ports = {k: v for k, v in meta.get("vars", {}).items() if k.endswith("_PORTS")}
         for mode, extra in (("stream", {}), ("packet", {"stream_inspection": False})):
-            out.append((f"conf-{mode}-{case.name}", str(pcap), {
-                "rules": {"files": [str(case / "test.rules")],
-                          "classification_file": str(CLASSIFICATION),
-                          **_suricata_settings(case, meta), **extra},
-                "vars": {"address_groups": addr, "port_groups": ports},
-                "outputs": {"eve": {"types": ["alert", "flow"] if _logs_alerts(case)
-                                    else ["flow"]}}}))
+            pcap, cfg = case_config(case, extra)
+            out.append((f"conf-{mode}-{case.name}", str(pcap), cfg))
     for case in sorted(p.parent for p in (ROOT / "tests" / "e2e").glob("*/expected-events.json")):
-        thr = case / "threshold.config"
-        out.append((f"e2e-{case.name}", str(case / "input.pcap"), {
-            "rules": {"files": [str(case / "test.rules")],
-                      "classification_file": str(CLASSIFICATION),
-                      "threshold_file": str(thr) if thr.exists() else ""},
-            "vars": {"address_groups": E2E_VARS},
-            "outputs": {"eve": {"types": ["alert", "flow"]}}}))
+        out.append((f"e2e-{case.name}", str(case / "input.pcap"),
+                    e2e_config(case, ["alert", "flow"])))
     et, _ = et_loadable_subset(workdir)
     pcaps = [str(ROOT / "pcaps" / "sample.pcap")]
     pcaps += sorted(glob.glob(str(ROOT / "pcaps" / "lab" / "data" / "*.pcap*")))

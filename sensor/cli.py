@@ -143,10 +143,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_USAGE
     pipe = Pipeline(cfg, sink, stages)
-    total = None
-    if all(p != "-" and os.path.isfile(p) for p in args.files):
-        total = sum(os.path.getsize(p) for p in args.files)
-    progress = Progress(cfg.replay.progress and not args.quiet, total)
+    progress = _replay_progress(args, cfg)
     errors: list[str] = []
     start = time.monotonic()
     packets = 0
@@ -172,12 +169,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     finally:
         signals.restore()
-        if sink is not None:
-            try:
-                sink.close()
-            except SinkError as exc:  # the last events could not be written either
-                _err(f"{exc}; {sink.dropped} event(s) were not written")
-                errors.append(str(exc))
+        _close_sink(sink, errors)
+    return _end_replay(args, progress, signals, errors, pipe, packets, start)
+
+
+def _replay_progress(args: argparse.Namespace, cfg: Config) -> Progress:
+    """The progress bar of a replay; it shows a fraction when every input is a sized file."""
+    total = None
+    if all(p != "-" and os.path.isfile(p) for p in args.files):
+        total = sum(os.path.getsize(p) for p in args.files)
+    return Progress(cfg.replay.progress and not args.quiet, total)
+
+
+def _close_sink(sink: EveFileSink | None, errors: list[str]) -> None:
+    """Close eve.json at the end of a replay; a failure there is one more input error."""
+    if sink is not None:
+        try:
+            sink.close()
+        except SinkError as exc:  # the last events could not be written either
+            _err(f"{exc}; {sink.dropped} event(s) were not written")
+            errors.append(str(exc))
+
+
+def _end_replay(args: argparse.Namespace, progress: Progress, signals: _ReplaySignals,
+                errors: list[str], counted: Pipeline, packets: int, start: float) -> int:
+    """The end of every replay (one process or many): say why it stopped or what went
+    wrong, print the summary of `counted`, and pick the exit status."""
     if signals.stop:
         progress.close()
         _err(f"stopped by {signals.stop}; flows so far were logged")
@@ -187,7 +204,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for e in errors:
         _err(e)
     if not args.quiet:
-        _summary(pipe, packets, secs)
+        _summary(counted, packets, secs)
     return EXIT_INPUT if errors else EXIT_OK
 
 

@@ -178,22 +178,6 @@ def read_eve(path: str) -> Iterator[dict[str, Any]]:
             raise EvalError(f"{path}: not UTF-8 text") from None
 
 
-class _MemorySink:
-    """Keeps the EVE lines of an in-process replay (the Pipeline's sink interface)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def write(self, lines: list[str]) -> None:
-        self.lines.extend(lines)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 @dataclass
 class ReplayResult:
     events: list[dict[str, Any]]
@@ -210,6 +194,7 @@ def replay_events(paths: list[str], config_path: str | None) -> ReplayResult:
     """
     from .cli import Progress, _sources
     from .config import ConfigError, load_config
+    from .output.sinks import MemorySink
     from .pipeline import Pipeline
     from .stages import StageError, build_stages
 
@@ -223,7 +208,7 @@ def replay_events(paths: list[str], config_path: str | None) -> ReplayResult:
         stages = build_stages(cfg, strict=False)  # as replay: rejected rules are reported
     except StageError as exc:
         raise EvalError(str(exc)) from None
-    sink = _MemorySink()
+    sink = MemorySink()
     pipe = Pipeline(cfg, sink, stages)  # type: ignore[arg-type]
     errors: list[str] = []
     for batch in _sources(paths, cfg, errors, Progress(False, None)):

@@ -189,22 +189,17 @@ def make_baseline(n: int, m: int, f: int, hidden: int = 48, emb: int = 24, c1: i
     import torch
     from torch import nn
 
-    l1 = (m - 8) // 4 + 1
-    l2 = (l1 - 3) // 2 + 1
+    from .train import embed_packets, packet_layers
 
     class NextPacket(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.conv = nn.Sequential(nn.Conv1d(1, c1, 8, stride=4), nn.ReLU(),
-                                      nn.Conv1d(c1, c2, 3, stride=2), nn.ReLU())
-            self.proj = nn.Linear(c2 * l2, emb)
-            self.lstm = nn.LSTM(emb + f, hidden, batch_first=True)
+            self.conv, self.proj, self.lstm = packet_layers(m, f, emb, hidden, c1, c2)
             self.head = nn.Sequential(nn.Linear(hidden, 64), nn.ReLU(), nn.Linear(64, m + f))
 
         def forward(self, image, sequence):
             b, p = sequence.shape[0], sequence.shape[1]
-            x = self.conv(image.reshape(-1, 1, m)).flatten(1)
-            x = torch.relu(self.proj(x)).reshape(b, p, emb)
+            x = embed_packets(self, image, b, p, m, emb)
             z = torch.cat([x, sequence], dim=2)
             prev = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)
             h, _ = self.lstm(prev)
@@ -222,14 +217,10 @@ def make_baseline(n: int, m: int, f: int, hidden: int = 48, emb: int = 24, c1: i
 
 
 def torch_scores(model, image_u8: np.ndarray, seq: np.ndarray, batch: int = 2048) -> np.ndarray:
-    import torch
+    from .train import torch_batches
 
     model.eval()
-    outs = []
-    with torch.no_grad():
-        for lo in range(0, len(seq), batch):
-            img = torch.from_numpy(features.scale_bytes(image_u8[lo:lo + batch]))
-            outs.append(model(img, torch.from_numpy(seq[lo:lo + batch]))[0].numpy())
+    outs = torch_batches(lambda img, sq: model(img, sq)[0], image_u8, seq, batch)
     return np.concatenate(outs) if outs else np.zeros(0, np.float32)
 
 
@@ -239,14 +230,14 @@ def fit_baseline(image_u8: np.ndarray, seq: np.ndarray, *, steps: int, seed: int
     fixed seeds; loss = mean packet error)."""
     import torch
 
+    from .train import one_cycle, optimizer_step
+
     epochs = max(1, -(-steps // max(1, -(-len(seq) // batch))))
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     n, m = image_u8.shape[1:]
     model = make_baseline(n, m, seq.shape[2])
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = max(1, epochs * ((len(seq) + batch - 1) // batch))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    opt, sched = one_cycle(model, lr, epochs, len(seq), batch)
     rng = np.random.default_rng(seed)
     img_t, seq_t = torch.from_numpy(image_u8), torch.from_numpy(seq)
     history = []
@@ -262,11 +253,7 @@ def fit_baseline(image_u8: np.ndarray, seq: np.ndarray, *, steps: int, seed: int
             _, perr = model(img, sq)
             valid = sq[:, :, 0].sum()
             loss = perr.sum() / valid.clamp(min=1.0)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            optimizer_step(model, opt, sched, loss)
             total += float(loss.detach()) * float(valid)
             count += float(valid)
         history.append({"epoch": ep + 1, "train_error": total / max(count, 1.0)})
@@ -279,34 +266,12 @@ def fit_baseline(image_u8: np.ndarray, seq: np.ndarray, *, steps: int, seed: int
 
 def export_baseline(model, path: str, n: int, m: int, meta: dict[str, str]) -> None:
     """ONNX with outputs `score` [batch] and `packet_error` [batch, packets] + metadata."""
-    import warnings
+    from .train import write_onnx
 
-    import onnx
-    import torch
-
-    img = torch.zeros(2, n, m)
-    seq = torch.zeros(2, n, features.N_SEQ)
-    seq[:, :3, 0] = 1.0
-    tmp = path + ".tmp"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (img, seq), tmp, input_names=["image", "sequence"],
-                          output_names=["score", "packet_error"], opset_version=17,
-                          dynamo=False,
-                          dynamic_axes={"image": {0: "batch", 1: "packets"},
-                                        "sequence": {0: "batch", 1: "packets"},
-                                        "score": {0: "batch"},
-                                        "packet_error": {0: "batch", 1: "packets"}})
-    mp = onnx.load(tmp)
-    del mp.metadata_props[:]
-    for k, v in meta.items():
-        p = mp.metadata_props.add()
-        p.key, p.value = k, v
-    mp.producer_name = "netsensor-learn"
-    mp.doc_string = "netsensor site baseline (next-packet predictor); contract in metadata"
-    onnx.checker.check_model(mp)
-    onnx.save(mp, tmp)
-    os.replace(tmp, path)
+    write_onnx(model.eval(), path, n, m,
+               {"score": {0: "batch"}, "packet_error": {0: "batch", 1: "packets"}}, meta,
+               "netsensor-learn",
+               "netsensor site baseline (next-packet predictor); contract in metadata")
 
 
 def check_export(path: str, model, image_u8: np.ndarray, seq: np.ndarray,
@@ -413,27 +378,12 @@ def add_learn_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_learn(args: argparse.Namespace) -> int:
     """Learn, calibrate, export, verify, summarise. Exit 2 on user mistakes."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print("netsensor: learn needs PyTorch: pip install 'netsensor[train]'", file=sys.stderr)
-        return 2
-    from .config import ConfigError, load_config
-    from .train import load_split, parse_capture
+    from .train import load_split, log_stderr, parse_capture, sensor_accepts, start_command
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"netsensor: {exc}", file=sys.stderr)
+    cfg = start_command("learn", args.config, [*args.pcaps, *args.eval])
+    if cfg is None:
         return 2
-    for spec in [*args.pcaps, *args.eval]:
-        path = parse_capture(spec)[0]
-        if not os.path.isfile(path):
-            print(f"netsensor: {path}: no such file", file=sys.stderr)
-            return 2
+    log = log_stderr
     if not 0.05 <= args.holdout <= 0.5:
         print("netsensor: --holdout must lie in [0.05, 0.5]", file=sys.stderr)
         return 2
@@ -504,12 +454,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         print(f"netsensor: exported ONNX differs from PyTorch by {diff:.2e}; not written",
               file=sys.stderr)
         return 1
-    from .detect.model import ModelError, load_model
-
-    try:
-        load_model(out, 1, wcfg)
-    except ModelError as exc:
-        print(f"netsensor: {exc}", file=sys.stderr)
+    if not sensor_accepts(out, wcfg):
         return 1
     pct = np.percentile(held, [50, 90, 99]) if len(held) else np.zeros(3)
     print(f"learned {MODEL_NAME} from {len(ws.captures)} capture(s): {len(train_idx)} windows "
@@ -594,11 +539,9 @@ def write_card_section(path: str, args, ws, cal: dict, history: list[dict],
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="netsensor")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    add_learn_parser(sub)
-    args = p.parse_args(["learn", *(sys.argv[1:] if argv is None else argv)])
-    return int(args.fn(args))
+    from .train import run_subcommand
+
+    return run_subcommand("learn", add_learn_parser, argv)
 
 
 if __name__ == "__main__":

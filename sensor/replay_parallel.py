@@ -386,13 +386,13 @@ def replay_parallel(args: argparse.Namespace, cfg: Config, stages: list[Stage],
     """cli.cmd_replay with the packets spread over `n_workers` processes; same exit codes."""
     from .cli import (
         EXIT_INPUT,
-        EXIT_OK,
         EXIT_USAGE,
-        Progress,
+        _close_sink,
+        _end_replay,
         _err,
+        _replay_progress,
         _ReplaySignals,
         _sources,
-        _summary,
     )
 
     eve = cfg.outputs.eve
@@ -404,10 +404,7 @@ def replay_parallel(args: argparse.Namespace, cfg: Config, stages: list[Stage],
     except SinkError as exc:
         _err(str(exc))
         return EXIT_USAGE
-    total = None
-    if all(p != "-" and os.path.isfile(p) for p in args.files):
-        total = sum(os.path.getsize(p) for p in args.files)
-    progress = Progress(cfg.replay.progress and not args.quiet, total)
+    progress = _replay_progress(args, cfg)
     errors: list[str] = []
     start = time.monotonic()
     packets = 0
@@ -467,21 +464,8 @@ def replay_parallel(args: argparse.Namespace, cfg: Config, stages: list[Stage],
     finally:
         signals.restore()
         workers.close()
-        if sink is not None:
-            try:
-                sink.close()
-            except SinkError as exc:
-                _err(f"{exc}; {sink.dropped} event(s) were not written")
-                errors.append(str(exc))
-    if signals.stop:
-        progress.close()
-        _err(f"stopped by {signals.stop}; flows so far were logged")
-        return EXIT_INPUT
-    progress.close()
-    secs = time.monotonic() - start
-    for e in errors:
-        _err(e)
-    if not args.quiet:
-        _summary(totals, packets, secs)  # type: ignore[arg-type]
+        _close_sink(sink, errors)
+    rc = _end_replay(args, progress, signals, errors, totals,  # type: ignore[arg-type]
+                     packets, start)
     sys.stderr.flush()
-    return EXIT_INPUT if errors else EXIT_OK
+    return rc

@@ -212,6 +212,29 @@ def load_split(specs: list[str], wcfg: WindowConfig, log=print) -> WindowSet:
 
 # ----------------------------------------------------------------------------- model
 
+def packet_layers(m: int, f: int, emb: int, hidden: int, c1: int, c2: int):
+    """The front both models share (classifier and site baseline), made in this order so that
+    a seed gives the same weights: Conv1d over each packet's `m` bytes, a projection to `emb`,
+    and an LSTM over [embedding, `f` sequence features]. Returns (conv, proj, lstm)."""
+    from torch import nn
+
+    l1 = (m - 8) // 4 + 1
+    l2 = (l1 - 3) // 2 + 1
+    conv = nn.Sequential(nn.Conv1d(1, c1, 8, stride=4), nn.ReLU(),
+                         nn.Conv1d(c1, c2, 3, stride=2), nn.ReLU())
+    proj = nn.Linear(c2 * l2, emb)
+    lstm = nn.LSTM(emb + f, hidden, batch_first=True)
+    return conv, proj, lstm
+
+
+def embed_packets(model, image, b: int, p: int, m: int, emb: int):
+    """Each packet's bytes through the model's `conv` and `proj`: [b, p, emb]."""
+    import torch
+
+    x = model.conv(image.reshape(-1, 1, m)).flatten(1)
+    return torch.relu(model.proj(x)).reshape(b, p, emb)
+
+
 def make_model(n: int, m: int, f: int, n_classes: int, hidden: int = 48, emb: int = 32,
                c1: int = 8, c2: int = 16):
     """The CNN-LSTM: Conv1d over each packet's bytes, concatenated with the packet's sequence
@@ -219,24 +242,17 @@ def make_model(n: int, m: int, f: int, n_classes: int, hidden: int = 48, emb: in
     import torch
     from torch import nn
 
-    l1 = (m - 8) // 4 + 1
-    l2 = (l1 - 3) // 2 + 1
-
     class CnnLstm(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.conv = nn.Sequential(nn.Conv1d(1, c1, 8, stride=4), nn.ReLU(),
-                                      nn.Conv1d(c1, c2, 3, stride=2), nn.ReLU())
-            self.proj = nn.Linear(c2 * l2, emb)
-            self.lstm = nn.LSTM(emb + f, hidden, batch_first=True)
+            self.conv, self.proj, self.lstm = packet_layers(m, f, emb, hidden, c1, c2)
             self.head = nn.Sequential(nn.Linear(2 * hidden, 64), nn.ReLU(), nn.Dropout(0.1),
                                       nn.Linear(64, n_classes))
 
         def forward(self, image, sequence):
             # the packet axis may be shorter than n: trailing padding changes nothing (the
             # LSTM runs forward and the pooling is masked), so the sensor trims it
-            x = self.conv(image.reshape(-1, 1, m)).flatten(1)
-            x = torch.relu(self.proj(x)).reshape(sequence.shape[0], sequence.shape[1], emb)
+            x = embed_packets(self, image, sequence.shape[0], sequence.shape[1], m, emb)
             out, _ = self.lstm(torch.cat([x, sequence], dim=2))
             valid = sequence[:, :, 0:1]
             mean = (out * valid).sum(1) / valid.sum(1).clamp(min=1.0)
@@ -268,17 +284,47 @@ class _Softmax:
         return Probs(model)
 
 
-def torch_probs(model, image_u8: np.ndarray, seq: np.ndarray, batch: int = 2048) -> np.ndarray:
+def torch_batches(fn, image_u8: np.ndarray, seq: np.ndarray, batch: int) -> list[np.ndarray]:
+    """`fn(image, sequence)` over the windows in batches of `batch`, without gradients, on
+    the bytes scaled as the sensor scales them (features.scale_bytes)."""
     import torch
 
-    model.eval()
     outs = []
     with torch.no_grad():
         for lo in range(0, len(seq), batch):
             img = torch.from_numpy(features.scale_bytes(image_u8[lo:lo + batch]))
-            sq = torch.from_numpy(seq[lo:lo + batch])
-            outs.append(torch.softmax(model(img, sq), dim=1).numpy())
+            outs.append(fn(img, torch.from_numpy(seq[lo:lo + batch])).numpy())
+    return outs
+
+
+def torch_probs(model, image_u8: np.ndarray, seq: np.ndarray, batch: int = 2048) -> np.ndarray:
+    import torch
+
+    model.eval()
+    outs = torch_batches(lambda img, sq: torch.softmax(model(img, sq), dim=1), image_u8, seq,
+                         batch)
     return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)
+
+
+def one_cycle(model, lr: float, epochs: int, n: int, batch: int):
+    """The optimiser both models train with: AdamW under a one-cycle schedule over `epochs`
+    passes of `n` windows. Returns (optimizer, scheduler)."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = max(1, epochs * ((n + batch - 1) // batch))
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+
+
+def optimizer_step(model, opt, sched, loss) -> None:
+    """One minibatch update: gradients of `loss`, clipped to norm 1, then the schedule."""
+    import torch
+
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
 
 
 TIME_COLS = (features.SEQ_FEATURES.index("log_iat"), features.SEQ_FEATURES.index("log_t"))
@@ -326,9 +372,7 @@ def train_model(train: WindowSet, val: WindowSet, classes: list[str], *, epochs:
     w = np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** 0.5, 0.0)
     w = w / w[counts > 0].mean()
     loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(w, dtype=torch.float32))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = max(1, epochs * ((len(y_tr) + batch - 1) // batch))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    opt, sched = one_cycle(model, lr, epochs, len(y_tr), batch)
     rng = np.random.default_rng(seed)
     img_t = torch.from_numpy(train.image)
     seq_t = torch.from_numpy(train.seq)
@@ -346,11 +390,7 @@ def train_model(train: WindowSet, val: WindowSet, classes: list[str], *, epochs:
             img = img_t[b].float() * (1.0 / 255.0)
             logits = model(img, augment_timing(seq_t[b], gen, time_jitter))
             loss = loss_fn(logits, y_t[b])
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            optimizer_step(model, opt, sched, loss)
             total += float(loss.detach()) * len(b)
         rec = {"epoch": ep + 1, "train_loss": total / max(1, len(y_tr))}
         if len(val):
@@ -495,34 +535,44 @@ def evaluate(ws: WindowSet, probs: np.ndarray, classes: list[str], thresholds: d
 
 # ----------------------------------------------------------------------------- export
 
-def export_onnx(model, path: str, n: int, m: int, meta: dict[str, str]) -> None:
+def write_onnx(module, path: str, n: int, m: int, outputs: dict[str, dict[int, str]],
+               meta: dict[str, str], producer: str, doc: str) -> None:
+    """Trace `module(image, sequence)` to ONNX (dynamic batch and packet axes), replace its
+    metadata with `meta` (the sensor's model contract), check it, and move it into place
+    atomically: the one export path of the classifier (`train`) and the baseline (`learn`)."""
+    import warnings
+
     import onnx
     import torch
 
-    probs = _Softmax.wrap(model).eval()
     img = torch.zeros(2, n, m)
     seq = torch.zeros(2, n, features.N_SEQ)
     seq[:, :3, 0] = 1.0
     tmp = path + ".tmp"
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(probs, (img, seq), tmp, input_names=["image", "sequence"],
-                          output_names=["probs"], opset_version=OPSET, dynamo=False,
+        torch.onnx.export(module, (img, seq), tmp, input_names=["image", "sequence"],
+                          output_names=list(outputs), opset_version=OPSET, dynamo=False,
                           dynamic_axes={"image": {0: "batch", 1: "packets"},
                                         "sequence": {0: "batch", 1: "packets"},
-                                        "probs": {0: "batch"}})
+                                        **outputs})
     mp = onnx.load(tmp)
     del mp.metadata_props[:]
     for k, v in meta.items():
         p = mp.metadata_props.add()
         p.key, p.value = k, v
-    mp.producer_name = "netsensor-train"
-    mp.doc_string = "netsensor CNN-LSTM window classifier; contract in metadata_props"
+    mp.producer_name = producer
+    mp.doc_string = doc
     onnx.checker.check_model(mp)
     onnx.save(mp, tmp)
     os.replace(tmp, path)
+
+
+def export_onnx(model, path: str, n: int, m: int, meta: dict[str, str]) -> None:
+    """The classifier as ONNX with output `probs` [batch, classes] + contract metadata."""
+    write_onnx(_Softmax.wrap(model).eval(), path, n, m, {"probs": {0: "batch"}}, meta,
+               "netsensor-train", "netsensor CNN-LSTM window classifier; contract in "
+               "metadata_props")
 
 
 def check_onnx(path: str, model, ws: WindowSet, limit: int = 1024) -> float:
@@ -766,27 +816,54 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     return t
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def log_stderr(msg: str) -> None:
+    """Progress of `train`/`learn`: stderr, flushed, so stdout keeps only the results."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def start_command(name: str, config_path: str | None, specs: list[str]) -> Config | None:
+    """The checks `train` and `learn` make before any work: PyTorch importable, the config
+    loads, every capture exists. On a user mistake prints one line and returns None (exit 2)."""
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
-        print("netsensor: train needs PyTorch: pip install 'netsensor[train]'", file=sys.stderr)
-        return 2
+        print(f"netsensor: {name} needs PyTorch: pip install 'netsensor[train]'",
+              file=sys.stderr)
+        return None
     from .config import ConfigError, load_config
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(config_path)
     except ConfigError as exc:
         print(f"netsensor: {exc}", file=sys.stderr)
-        return 2
-    for spec in [*args.train, *args.val, *args.test]:
-        pcap, lab = parse_capture(spec)
+        return None
+    for spec in specs:
+        pcap = parse_capture(spec)[0]
         if not os.path.isfile(pcap):
             print(f"netsensor: {pcap}: no such file", file=sys.stderr)
-            return 2
+            return None
+    return cfg
+
+
+def sensor_accepts(path: str, wcfg: WindowConfig) -> bool:
+    """Whether the sensor's own loader takes the model just written (else says why)."""
+    from .detect.model import ModelError, load_model
+
+    try:
+        load_model(path, 1, wcfg)
+    except ModelError as exc:
+        print(f"netsensor: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = start_command("train", args.config, [*args.train, *args.val, *args.test])
+    if cfg is None:
+        return 2
+    import torch
+
+    log = log_stderr
     wcfg = dataclasses.replace(cfg.windows, enabled=True)
     t_start = time.monotonic()
     log("train:")
@@ -873,13 +950,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"netsensor: exported ONNX differs from PyTorch by {diff:.2e} "
               f"(>= {ONNX_TOLERANCE:g}); not written", file=sys.stderr)
         return 1
-    # the sensor's own loader must accept what we wrote
-    from .detect.model import ModelError, load_model
-
-    try:
-        load_model(out, 1, wcfg)
-    except ModelError as exc:
-        print(f"netsensor: {exc}", file=sys.stderr)
+    if not sensor_accepts(out, wcfg):
         return 1
     log(f"wrote {out} ({os.path.getsize(out)} bytes, {count_params(model)} parameters)")
     report = {"classes": classes, "thresholds": thresholds, "calibration": calib,
@@ -952,12 +1023,17 @@ def _extra_sections(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_subcommand(name: str, add_parser, argv: list[str] | None) -> int:
+    """`python -m sensor.<name> ARGS` = `netsensor <name> ARGS` (same parser, same exit)."""
     p = argparse.ArgumentParser(prog="netsensor")
     sub = p.add_subparsers(dest="cmd", required=True)
-    add_train_parser(sub)
-    args = p.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    add_parser(sub)
+    args = p.parse_args([name, *(sys.argv[1:] if argv is None else argv)])
     return int(args.fn(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_subcommand("train", add_train_parser, argv)
 
 
 if __name__ == "__main__":

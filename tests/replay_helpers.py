@@ -12,28 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import dpkt
+import pytest
 
 from sensor.capture.pcap import PcapSource
 from sensor.config import Config
+from sensor.output.sinks import MemorySink
 from sensor.pipeline import Pipeline, Stage
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+SCHEMA = Path(__file__).resolve().parents[2] / "shared" / "eve-schema" / "schema-7.0.10.json"
 
 
-class ListSink:
-    """Collects EVE lines in memory (the pipeline's sink interface)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def write(self, lines: list[str]) -> None:
-        self.lines.extend(lines)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+class ListSink(MemorySink):
+    """Collects EVE lines in memory (the pipeline's sink interface), parsed on demand."""
 
     def events(self, event_type: str | None = None) -> list[dict[str, Any]]:
         evs = [json.loads(x) for x in self.lines]
@@ -67,3 +58,13 @@ def replay_frames(tmp_path: Path, frames: Sequence[bytes], times: Sequence[float
                   cfg: Config | None = None, batch_size: int = 65536,
                   name: str = "t.pcap") -> tuple[ListSink, Pipeline]:
     return replay(write_pcap(tmp_path / name, frames, times), cfg, batch_size)
+
+
+def assert_eve_schema(events: Sequence[dict[str, Any]]) -> None:
+    """Every event validates against Suricata 7.0.10's EVE schema (where ../shared has it)."""
+    if SCHEMA.exists():
+        jsonschema = pytest.importorskip("jsonschema")
+        v = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+        for e in events:
+            errs = list(v.iter_errors(e))
+            assert not errs, (e, errs[0].message)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import itertools
 import json
 import os
 import pwd
@@ -25,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from netns_lab import VethLab, reachable_tmpdir
 from syslogd import Rsyslogd, rsyslogd_path
 
 IP_A, IP_B = "10.79.0.1", "10.79.0.2"
@@ -44,20 +43,12 @@ if os.geteuid() != 0:
 if not shutil.which("ip"):
     pytest.skip("iproute2 `ip` not installed", allow_module_level=True)
 
-_serial = itertools.count()
-
-
 def _run_as() -> pwd.struct_passwd:
     """The user a root-started daemon switches to by default: netsensor, else nobody."""
     try:
         return pwd.getpwnam("netsensor")
     except KeyError:
         return pwd.getpwnam("nobody")
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check,
-                          timeout=20)
 
 
 def _until(cond, timeout: float) -> bool:
@@ -69,38 +60,19 @@ def _until(cond, timeout: float) -> bool:
     return bool(cond())
 
 
-class Lab:
-    """Namespaces a and b; veth va (a, IP_A) <-> vb (b, IP_B); IPv6 off for quiet links."""
+class Lab(VethLab):
+    """Namespaces a and b; veth va (a, IP_A) <-> vb (b, IP_B), and the processes run there."""
 
     def __init__(self) -> None:
-        tag = f"{os.getpid() % 100000}x{next(_serial)}"
-        self.ns_a, self.ns_b = f"nsdA{tag}", f"nsdB{tag}"
-        self.va, self.vb = f"da{tag}"[:15], f"db{tag}"[:15]
-        self.made: list[str] = []
+        super().__init__("nsd", "d", IP_A, IP_B)
         self.procs: list[subprocess.Popen] = []
-
-    def setup(self) -> None:
-        for ns in (self.ns_a, self.ns_b):
-            res = _ip("netns", "add", ns, check=False)
-            if res.returncode != 0:
-                pytest.skip(f"cannot create network namespace: {res.stderr.strip()}")
-            self.made.append(ns)
-            _ip("netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
-            _ip("netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1")
-            _ip("-n", ns, "link", "set", "lo", "up")
-        _ip("link", "add", self.va, "netns", self.ns_a, "type", "veth",
-            "peer", "name", self.vb, "netns", self.ns_b)
-        for ns, dev, addr in ((self.ns_a, self.va, IP_A), (self.ns_b, self.vb, IP_B)):
-            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            _ip("-n", ns, "link", "set", dev, "up")
 
     def teardown(self) -> None:
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
-        for ns in self.made:
-            _ip("netns", "del", ns, check=False)
+        super().teardown()
 
     def popen(self, ns: str, argv: list[str], **kw) -> subprocess.Popen:
         p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)
@@ -120,12 +92,8 @@ class Lab:
 @pytest.fixture
 def work():
     """A per-test directory the unprivileged daemon can reach (removed afterwards)."""
-    path = Path(tempfile.mkdtemp(prefix="nsd-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
+    with reachable_tmpdir("nsd-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def bind_unix(path: Path, kind: int) -> socket.socket:
@@ -138,12 +106,8 @@ def bind_unix(path: Path, kind: int) -> socket.socket:
 
 @pytest.fixture
 def lab():
-    lab = Lab()
-    try:
-        lab.setup()
+    with Lab().running() as lab:
         yield lab
-    finally:
-        lab.teardown()
 
 
 class Notify:

@@ -11,7 +11,6 @@ flow events must add up (count of flow events = flow.total of the last stats eve
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import re
@@ -19,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from netns_lab import VethLab, reachable_tmpdir
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -38,7 +37,6 @@ TOTAL_PKTS = 200_000 + 100 * 8 + 100 * 2
 # small batches: the first lines come early and the rest takes a while, so the signal
 # always lands mid-replay; a small flow table keeps the final flush short
 REPLAY_CFG = {"replay": {"batch_size": 8192}, "flow": {"max_flows": 20000}}
-_serial = itertools.count()
 
 
 def read_eve(*paths: Path) -> list[dict]:
@@ -163,39 +161,11 @@ needs_netns = pytest.mark.skipif(not IS_ROOT or not shutil.which("ip"),
                                  reason="daemon tests need root and iproute2 (CI has both)")
 
 
-class Lab:
+class Lab(VethLab):
     """Namespaces nshA*/nshB* joined by a veth pair; removed afterwards, also on failure."""
 
     def __init__(self) -> None:
-        tag = f"{os.getpid() % 100000}x{next(_serial)}"
-        self.ns_a, self.ns_b = f"nshA{tag}", f"nshB{tag}"
-        self.va, self.vb = f"ha{tag}"[:15], f"hb{tag}"[:15]
-        self.ip_a, self.ip_b = "10.81.0.1", "10.81.0.2"
-        self.made: list[str] = []
-
-    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", *args], capture_output=True, text=True, check=check,
-                              timeout=20)
-
-    def setup(self) -> None:
-        for ns in (self.ns_a, self.ns_b):
-            res = self.ip("netns", "add", ns, check=False)
-            if res.returncode != 0:
-                pytest.skip(f"cannot create a network namespace: {res.stderr.strip()}")
-            self.made.append(ns)
-            for key in ("all", "default"):
-                self.ip("netns", "exec", ns, "sysctl", "-qw",
-                        f"net.ipv6.conf.{key}.disable_ipv6=1")
-            self.ip("-n", ns, "link", "set", "lo", "up")
-        self.ip("link", "add", self.va, "netns", self.ns_a, "type", "veth", "peer", "name",
-                self.vb, "netns", self.ns_b)
-        for ns, dev, addr in ((self.ns_a, self.va, self.ip_a), (self.ns_b, self.vb, self.ip_b)):
-            self.ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            self.ip("-n", ns, "link", "set", dev, "up")
-
-    def teardown(self) -> None:
-        for ns in self.made:
-            self.ip("netns", "del", ns, check=False)
+        super().__init__("nsh", "h", "10.81.0.1", "10.81.0.2")
 
     def send_udp(self, ports: range, payload: bytes = b"hello") -> None:
         """One UDP flow per source port, B -> A (A answers with ICMP unreachable)."""
@@ -214,23 +184,15 @@ class Lab:
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    lab = Lab()
-    try:
-        lab.setup()
+    with Lab().running() as lab:
         yield lab
-    finally:
-        lab.teardown()
 
 
 @pytest.fixture
 def work() -> Iterator[Path]:
     """A directory the daemon can still reach after it dropped root (tmp_path is 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="nsh-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
+    with reachable_tmpdir("nsh-") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class Daemon:

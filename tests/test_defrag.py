@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dpkt
 import numpy as np
+from replay_helpers import ListSink
 from scapy.layers.inet import ICMP, IP, UDP, fragment
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, fragment6
 from scapy.layers.l2 import Ether
@@ -225,21 +226,11 @@ def test_reassembled_flow_counts_in_pipeline(tmp_path: Path) -> None:
     req = IP(src="10.0.0.1", dst="10.0.0.2", id=1) / ICMP(type=8, id=3, seq=1) / Raw(b"p" * 2000)
     rep = IP(src="10.0.0.2", dst="10.0.0.1", id=2) / ICMP(type=0, id=3, seq=1) / Raw(b"p" * 2000)
     frames = [bytes(Ether(**MACS) / f) for f in fragment(req, 1000) + fragment(rep, 1000)]
-    lines: list[str] = []
-
-    class Sink:
-        def write(self, batch: list[str]) -> None:
-            lines.extend(batch)
-
-        def flush(self) -> None:
-            pass
-
-    pipe = Pipeline(Config(), Sink())  # type: ignore[arg-type]
+    sink = ListSink()
+    pipe = Pipeline(Config(), sink)  # type: ignore[arg-type]
     pipe.process(to_batch(tmp_path, frames))
     pipe.finish()
-    import json
-
-    flows = [json.loads(x) for x in lines if '"event_type":"flow"' in x]
+    flows = sink.events("flow")
     assert len(flows) == 1
     f = flows[0]
     assert f["proto"] == "ICMP" and f["src_ip"] == "10.0.0.1"

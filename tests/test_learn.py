@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from replay_helpers import assert_eve_schema, replay
 
 from sensor import features
-from sensor.capture.pcap import PcapSource
 from sensor.cli import main as cli_main
 from sensor.config import Config, ModelConfig, WindowConfig
 from sensor.detect.model import (
@@ -29,13 +29,10 @@ from sensor.learn import (
     drift_report,
     score_quantiles,
 )
-from sensor.output.sinks import EveFileSink
-from sensor.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "pcaps" / "sample.pcap"
 BENIGN = REPO / "pcaps" / "model" / "bn-5101.pcap.gz"  # a benign-only lab run (slimmed)
-SCHEMA = REPO.parent / "shared" / "eve-schema" / "schema-7.0.10.json"
 N, M = 32, 64
 
 
@@ -207,14 +204,8 @@ def test_smoke_learn_then_alerts_explained(tmp_path, capsys):
     _set_threshold(out, low, float(base["quantiles"][10]))
     cfg = dataclasses.replace(Config(), model=ModelConfig(enabled=True,
                                                           baselines=(str(low),)))
-    stage = build_model_stage(cfg)
-    sink = EveFileSink(str(tmp_path / "eve.json"))
-    pipe = Pipeline(cfg, sink, [stage])
-    for b in PcapSource(str(SAMPLE)).batches():
-        pipe.process(b)
-    pipe.finish()
-    sink.close()
-    evs = [json.loads(x) for x in (tmp_path / "eve.json").read_text().splitlines()]
+    sink, pipe = replay(SAMPLE, cfg, stages=[build_model_stage(cfg)])
+    evs = sink.events()
     alerts = [e for e in evs if e["event_type"] == "alert"]
     base_alerts = [e for e in alerts if e["alert"]["signature"] == BASELINE_SIGNATURE]
     assert base_alerts
@@ -245,12 +236,7 @@ def test_smoke_learn_then_alerts_explained(tmp_path, capsys):
     anomalous = [e for e in flows if e["metadata"]["flowints"].get("ml_anomaly_permille", 0)
                  > 1000]
     assert anomalous
-    if SCHEMA.exists():
-        jsonschema = pytest.importorskip("jsonschema")
-        v = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
-        for e in base_alerts[:50] + flows[:100]:
-            errs = list(v.iter_errors(e))
-            assert not errs, (e, errs[0].message)
+    assert_eve_schema(base_alerts[:50] + flows[:100])
 
 
 def test_learn_user_errors(tmp_path, capsys):

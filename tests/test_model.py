@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from replay_helpers import assert_eve_schema, replay
 
 from sensor import features
 from sensor.capture.pcap import PcapSource
@@ -21,13 +22,11 @@ from sensor.detect.model import (
     build_model_stage,
     load_model,
 )
-from sensor.output.sinks import EveFileSink
 from sensor.pipeline import Pipeline
 from sensor.windows import FLOW_FIELDS, WindowBatch
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "pcaps" / "sample.pcap"
-SCHEMA = REPO.parent / "shared" / "eve-schema" / "schema-7.0.10.json"
 N, M = 32, 64
 
 
@@ -305,19 +304,13 @@ def test_below_threshold_no_alert():
 
 # -- the shipped model on the sample --------------------------------------------------------
 
-def test_shipped_model_scores_the_sample(tmp_path):
+def test_shipped_model_scores_the_sample():
     sess, contract = load_model(DEFAULT_MODEL, window=WindowConfig())
     assert DEFAULT_MODEL.stat().st_size < 1_000_000
     assert contract.feature_spec == features.FEATURE_SPEC
     cfg = dataclasses.replace(Config(), model=ModelConfig(enabled=True))
-    stage = build_model_stage(cfg)
-    sink = EveFileSink(str(tmp_path / "eve.json"))
-    pipe = Pipeline(cfg, sink, [stage])
-    for b in PcapSource(str(SAMPLE)).batches():
-        pipe.process(b)
-    pipe.finish()
-    sink.close()
-    evs = [json.loads(x) for x in (tmp_path / "eve.json").read_text().splitlines()]
+    sink, pipe = replay(SAMPLE, cfg, stages=[build_model_stage(cfg)])
+    evs = sink.events()
     c = pipe.all_counters()
     assert c["ml.windows_scored"] > 100
     flows = [e for e in evs if e["event_type"] == "flow"]
@@ -354,12 +347,7 @@ def test_shipped_model_scores_the_sample(tmp_path):
     # the replay summary's "alerts by signature" counts the model's alerts too
     ml_sigs = {k: v for k, v in pipe.alerts_by_sig.items() if k.startswith("[9000:")}
     assert sum(ml_sigs.values()) == len(alerts)
-    if SCHEMA.exists():
-        jsonschema = pytest.importorskip("jsonschema")
-        v = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
-        for e in alerts + flows[:200]:
-            errs = list(v.iter_errors(e))
-            assert not errs, (e, errs[0].message)
+    assert_eve_schema(alerts + flows[:200])
 
 
 def test_replay_refuses_a_bad_model_in_one_line(tmp_path, capsys):

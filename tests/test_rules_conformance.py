@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "conformance" / "suricata-verify"
 FAILING = ROOT / "tests" / "data" / "conformance-failing.txt"
 MIN_PASS_RATE = 0.90
+CLASSIFICATION = ROOT / "rules" / "classification.config"
+E2E_VARS = {"HOME_NET": "[192.168.0.0/16,10.0.0.0/8,172.16.0.0/12]",
+            "EXTERNAL_NET": "!$HOME_NET"}
 
 
 def cases() -> list[Path]:
@@ -76,8 +79,10 @@ def _logs_alerts(case: Path) -> bool:
     return True
 
 
-def run_case(case: Path, workdir: Path, extra: dict | None = None) -> tuple[Counter, Counter]:
-    """(expected, got) multisets of (sid, pcap_cnt, src, sport, dst, dport, proto)."""
+def case_config(case: Path, extra: dict | None = None) -> tuple[Path, dict]:
+    """A suricata-verify case's pcap and the netsensor config that replays it as Suricata
+    ran it: its rules, address and port vars, the settings we model, its EVE types (also
+    bench/rules_snapshot.py's runs)."""
     meta = json.loads((case / "meta.json").read_text())
     pcap = case / meta.get("pcap_file", "input.pcap")
     if not pcap.is_file():
@@ -85,14 +90,30 @@ def run_case(case: Path, workdir: Path, extra: dict | None = None) -> tuple[Coun
     addr = {k: v for k, v in meta.get("vars", {}).items() if not k.endswith("_PORTS")}
     ports = {k: v for k, v in meta.get("vars", {}).items() if k.endswith("_PORTS")}
     types = ["alert", "flow"] if _logs_alerts(case) else ["flow"]
-    cfg = {
+    return pcap, {
         "rules": {"files": [str(case / "test.rules")],
-                  "classification_file": str(ROOT / "rules" / "classification.config"),
+                  "classification_file": str(CLASSIFICATION),
                   **_suricata_settings(case, meta), **(extra or {})},
         "vars": {"address_groups": addr, "port_groups": ports},
-        "outputs": {"eve": {"types": types}, "stats": {"interval": 0}},
-        "replay": {"progress": False},
+        "outputs": {"eve": {"types": types}},
     }
+
+
+def e2e_config(case: Path, types: list[str], extra: dict | None = None) -> dict:
+    """The netsensor config of a tests/e2e case: its rules and threshold.config, the
+    HOME_NET its capture was recorded with, EVE `types`."""
+    thr = case / "threshold.config"
+    return {"rules": {"files": [str(case / "test.rules")],
+                      "classification_file": str(CLASSIFICATION),
+                      "threshold_file": str(thr) if thr.exists() else "", **(extra or {})},
+            "vars": {"address_groups": E2E_VARS}, "outputs": {"eve": {"types": types}}}
+
+
+def run_case(case: Path, workdir: Path, extra: dict | None = None) -> tuple[Counter, Counter]:
+    """(expected, got) multisets of (sid, pcap_cnt, src, sport, dst, dport, proto)."""
+    pcap, cfg = case_config(case, extra)
+    cfg["outputs"]["stats"] = {"interval": 0}
+    cfg["replay"] = {"progress": False}
     cfg_path = workdir / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     err = io.StringIO()
@@ -145,13 +166,7 @@ def test_conformance_corpus() -> None:
 def run_e2e_case(case: Path, workdir: Path, extra: dict | None = None,
                  ) -> tuple[Counter, Counter]:
     """The same comparison on a tests/e2e case (Suricata's alerts in expected-events.json)."""
-    thr = case / "threshold.config"
-    cfg = {"rules": {"files": [str(case / "test.rules")],
-                     "classification_file": str(ROOT / "rules" / "classification.config"),
-                     "threshold_file": str(thr) if thr.exists() else "", **(extra or {})},
-           "vars": {"address_groups": {"HOME_NET": "[192.168.0.0/16,10.0.0.0/8,172.16.0.0/12]",
-                                       "EXTERNAL_NET": "!$HOME_NET"}},
-           "outputs": {"eve": {"types": ["alert"]}}, "replay": {"progress": False}}
+    cfg = {**e2e_config(case, ["alert"], extra), "replay": {"progress": False}}
     (workdir / "c.yaml").write_text(yaml.safe_dump(cfg))
     with contextlib.redirect_stderr(io.StringIO()):
         cli_main(["replay", "-q", "-c", str(workdir / "c.yaml"), "-l", str(workdir),

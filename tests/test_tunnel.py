@@ -7,9 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from replay_helpers import replay
 
 from sensor.capture.pcap import PcapSource
-from sensor.config import Config
 from sensor.decode import decode_batch
 from sensor.pipeline import Pipeline
 from sensor.tunnel import Decapsulator
@@ -19,24 +19,9 @@ PCAP = ROOT / "pcaps/tunnels/tunnels.pcap"
 REFERENCE = ROOT / "pcaps/tunnels/tunnels.suricata-flows.json"
 
 
-class ListSink:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def write(self, lines: list[str]) -> None:
-        self.lines.extend(lines)
-
-    def flush(self) -> None:
-        pass
-
-
 def _replay() -> tuple[list[dict], Pipeline]:
-    sink = ListSink()
-    pipe = Pipeline(Config(), sink)  # type: ignore[arg-type]
-    for batch in PcapSource(str(PCAP)).batches():
-        pipe.process(batch)
-    pipe.finish()
-    return [json.loads(line) for line in sink.lines], pipe
+    sink, pipe = replay(PCAP)
+    return sink.events(), pipe
 
 
 def _flow_key(e: dict) -> tuple:

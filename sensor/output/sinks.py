@@ -157,6 +157,23 @@ class EveFileSink:
             self._f = None
 
 
+class MemorySink:
+    """Keeps EVE lines in memory (the Pipeline's sink interface): in-process replays such as
+    `netsensor eval`, and the tests."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, lines: list[str]) -> None:
+        self.lines.extend(lines)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 # -- the daemon's outputs -------------------------------------------------------------------
 
 log = logging.getLogger("netsensor.output")
@@ -321,7 +338,41 @@ class QueuedSink:
                 self._disconnect()
 
 
-class UnixStreamSink(QueuedSink):
+class SocketSink(QueuedSink):
+    """A QueuedSink over one connected socket (unix stream, unix datagram, syslog): one way
+    to open it, to send a datagram and to close it."""
+
+    def __init__(self, name: str, queue: int):
+        super().__init__(name, queue)
+        self._sock: socket.socket | None = None
+
+    def _open(self, family: int, kind: int, address: Any, timeout: float) -> None:
+        s = socket.socket(family, kind)
+        s.settimeout(timeout)
+        try:
+            s.connect(address)
+        except OSError:
+            s.close()
+            raise
+        self._sock = s
+
+    def _send_datagram(self, data: bytes) -> None:
+        """One message; one larger than the socket allows is skipped alone (counted)."""
+        assert self._sock is not None
+        try:
+            self._sock.send(data)
+        except OSError as exc:
+            if exc.errno != errno.EMSGSIZE:
+                raise
+            self.tdropped += 1
+
+    def _disconnect(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+class UnixStreamSink(SocketSink):
     """Newline-delimited EVE to a listening unix stream socket (Suricata's unix_stream)."""
 
     kind = "unix_stream"
@@ -330,29 +381,16 @@ class UnixStreamSink(QueuedSink):
         super().__init__(f"unix_stream:{path}", queue)
         self.path = path
         self.timeout = timeout
-        self._sock: socket.socket | None = None
 
     def _connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self.path)
-        except OSError:
-            s.close()
-            raise
-        self._sock = s
+        self._open(socket.AF_UNIX, socket.SOCK_STREAM, self.path, self.timeout)
 
     def _send(self, lines: list[str]) -> None:
         assert self._sock is not None
         self._sock.sendall(("\n".join(lines) + "\n").encode())
 
-    def _disconnect(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
 
-
-class UnixDgramSink(QueuedSink):
+class UnixDgramSink(SocketSink):
     """One EVE line per datagram to a unix datagram socket (Suricata's unix_dgram)."""
 
     kind = "unix_dgram"
@@ -361,32 +399,14 @@ class UnixDgramSink(QueuedSink):
         super().__init__(f"unix_dgram:{path}", queue)
         self.path = path
         self.timeout = timeout
-        self._sock: socket.socket | None = None
 
     def _connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self.path)
-        except OSError:
-            s.close()
-            raise
-        self._sock = s
+        self._open(socket.AF_UNIX, socket.SOCK_DGRAM, self.path, self.timeout)
 
     def _send(self, lines: list[str]) -> None:
         assert self._sock is not None
         for line in lines:
-            try:
-                self._sock.send(line.encode())
-            except OSError as exc:
-                if exc.errno != errno.EMSGSIZE:
-                    raise
-                self.tdropped += 1  # larger than the socket allows: skip only this one
-
-    def _disconnect(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+            self._send_datagram(line.encode())
 
 
 FACILITIES = {
@@ -398,7 +418,7 @@ LEVELS = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "error": 3, "warning": 4,
           "notice": 5, "info": 6, "debug": 7}
 
 
-class SyslogSink(QueuedSink):
+class SyslogSink(SocketSink):
     """EVE lines as syslog messages over a unix datagram socket or UDP.
 
     RFC 5424: `<PRI>1 TIMESTAMP HOST APP PROCID - - MSG`; RFC 3164 (BSD):
@@ -440,7 +460,6 @@ class SyslogSink(QueuedSink):
         else:
             raise SinkError(f"syslog address {address!r}: expected a socket path or "
                             f"udp://HOST:PORT")
-        self._sock: socket.socket | None = None
 
     def frame(self, line: str, now: float | None = None) -> bytes:
         now = time.time() if now is None else now
@@ -457,34 +476,18 @@ class SyslogSink(QueuedSink):
         return (head + line).encode()
 
     def _connect(self) -> None:
-        s = socket.socket(self.family, socket.SOCK_DGRAM)
-        s.settimeout(10.0)
-        try:
-            s.connect(self.addr)
-        except OSError:
-            s.close()
-            raise
-        self._sock = s
+        self._open(self.family, socket.SOCK_DGRAM, self.addr, 10.0)
 
     def _send(self, lines: list[str]) -> None:
         assert self._sock is not None
         now = time.time()
         for line in lines:
             try:
-                self._sock.send(self.frame(line, now))
+                self._send_datagram(self.frame(line, now))
             except ConnectionRefusedError:
                 if self.family == socket.AF_UNIX:
                     raise
                 self.tdropped += 1  # UDP: nobody listening right now; nothing to retry
-            except OSError as exc:
-                if exc.errno != errno.EMSGSIZE:
-                    raise
-                self.tdropped += 1
-
-    def _disconnect(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
 
 
 class RespError(Exception):

@@ -7,6 +7,7 @@ which rejects hex values, units, `!N-M` and bitmasks; so do we.
 
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 
@@ -27,39 +28,22 @@ class IntMatch:
     b: int = 0
 
     def matches(self, v: int) -> bool:
-        m = self.mode
-        if m == "eq":
-            return v == self.a
-        if m == "ne":
-            return v != self.a
-        if m == "lt":
-            return v < self.a
-        if m == "le":
-            return v <= self.a
-        if m == "gt":
-            return v > self.a
-        if m == "ge":
-            return v >= self.a
-        return self.a < v < self.b
+        return self._compare(v)
 
     def mask(self, values: np.ndarray) -> np.ndarray:
         """Vectorised matches() over an integer array."""
-        v = np.asarray(values)
-        m = self.mode
-        if m == "eq":
-            return v == self.a
-        if m == "ne":
-            return v != self.a
-        if m == "lt":
-            return v < self.a
-        if m == "le":
-            return v <= self.a
-        if m == "gt":
-            return v > self.a
-        if m == "ge":
-            return v >= self.a
+        return self._compare(np.asarray(values))
+
+    def _compare(self, v):
+        """The comparison itself, for a scalar or an array alike (`&`, not a chained `<`)."""
+        op = _OPERATORS.get(self.mode)
+        if op is not None:
+            return op(v, self.a)
         return (v > self.a) & (v < self.b)
 
+
+_OPERATORS = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
+              "gt": operator.gt, "ge": operator.ge}
 
 _MODES = {None: "eq", "=": "eq", "!": "ne", "!=": "ne", "<": "lt", "<=": "le", ">": "gt",
           ">=": "ge"}
