@@ -72,7 +72,8 @@ ICMP4_ECHO_TYPES = (0, 8, 13, 14, 15, 16, 17, 18)
 ICMP6_ECHO_TYPES = (128, 129)
 
 
-def _counterpart_table(mapping: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def counterpart_table(mapping: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A type -> counterpart type mapping as lookup arrays (value, has one) over 0..255."""
     table = np.zeros(256, dtype=np.uint16)
     has = np.zeros(256, dtype=bool)
     for k, v in mapping.items():
@@ -81,8 +82,8 @@ def _counterpart_table(mapping: dict[int, int]) -> tuple[np.ndarray, np.ndarray]
     return table, has
 
 
-ICMP4_CP, ICMP4_HAS_CP = _counterpart_table(ICMP4_COUNTERPART)
-ICMP6_CP, ICMP6_HAS_CP = _counterpart_table(ICMP6_COUNTERPART)
+ICMP4_CP, ICMP4_HAS_CP = counterpart_table(ICMP4_COUNTERPART)
+ICMP6_CP, ICMP6_HAS_CP = counterpart_table(ICMP6_COUNTERPART)
 
 
 @dataclass

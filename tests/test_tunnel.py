@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from replay_helpers import replay
+from replay_helpers import SCHEMA, assert_eve_schema, replay
 
 from sensor.capture.pcap import PcapSource
 from sensor.decode import decode_batch
@@ -77,7 +77,6 @@ def test_inner_batches_carry_the_outer_packet_for_eve() -> None:
 
 
 def test_alert_on_inner_packet_names_its_outer_packet(tmp_path: Path) -> None:
-    jsonschema = __import__("jsonschema")
     from sensor.cli import main
 
     rules = tmp_path / "t.rules"
@@ -94,6 +93,5 @@ def test_alert_on_inner_packet_names_its_outer_packet(tmp_path: Path) -> None:
                              "proto": "GRE", "depth": 1, "pcap_cnt": 3, "pkt_src": "wire/pcap"}
     plain = by_src["10.12.0.1"]  # MPLS is decoded inline: no tunnel, the packet's own pcap_cnt
     assert "tunnel" not in plain and plain["pcap_cnt"] > 0
-    schema = json.loads((ROOT.parent / "shared/eve-schema/schema-7.0.10.json").read_text())
-    for a in alerts:
-        jsonschema.validate(a, schema)
+    assert SCHEMA.exists()
+    assert_eve_schema(alerts)

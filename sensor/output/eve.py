@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..community_id import ICMP4_COUNTERPART, ICMP6_COUNTERPART, community_id
+from ..decode import counterpart_table
 from ..flow import STATE_NAMES, EndedFlows
 from .stats_keys import STATS_KEYS
 
@@ -276,18 +277,9 @@ def community_ids(ipver: np.ndarray, proto: np.ndarray, src_hi: np.ndarray,
     return out
 
 
-def _counterpart_arrays(table: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    value = np.zeros(256, dtype=np.int64)
-    has = np.zeros(256, dtype=bool)
-    for k, v in table.items():
-        value[k] = v
-        has[k] = True
-    return value, has
-
-
 _CID_PORT_PROTOS = (6, 17, 132, 1, 58)
-_CID_ICMP4 = _counterpart_arrays(ICMP4_COUNTERPART)
-_CID_ICMP6 = _counterpart_arrays(ICMP6_COUNTERPART)
+_CID_ICMP4 = counterpart_table(ICMP4_COUNTERPART)  # the Community ID spec's pairs
+_CID_ICMP6 = counterpart_table(ICMP6_COUNTERPART)
 
 
 def flow_lines(ended: EndedFlows, with_community_id: bool = True, cid_seed: int = 0,
