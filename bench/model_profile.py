@@ -30,14 +30,15 @@ from sensor.cli import main as cli_main  # noqa: E402
 PARTS = {
     "window stage (WindowStage hooks)": [("sensor/windows.py", f, "cum") for f in
                                          ("on_batch", "on_flows_ended", "finish")],
-    "feature extraction (features.extract / ModelStage._chunks)": [
-        ("sensor/features.py", "extract", "cum"), ("sensor/detect/model.py", "_chunks", "cum")],
+    "features + dedupe (ModelStage._chunks)": [("sensor/detect/model.py", "_chunks", "cum")],
     "onnxruntime (predict_session)": [("sensor/detect/model.py", "predict_session", "cum")],
     "flow events, dict path (flow_events_dicts)": [("sensor/output/eve.py",
                                                    "flow_events_dicts", "cum")],
     "flow events, bulk path (flow_lines)": [("sensor/output/eve.py", "flow_lines", "cum")],
-    "alert explanations (ModelStage._explain)": [("sensor/detect/model.py", "_explain",
-                                                  "cum")],
+    "alert explanations (ModelStage._explain_all)": [("sensor/detect/model.py",
+                                                      "_explain_all", "cum")],
+    "alert aggregation (ModelStage._aggregate)": [("sensor/detect/model.py", "_aggregate",
+                                                   "cum")],
     "ModelStage._score, own time": [("sensor/detect/model.py", "_score", "own")],
     "ModelStage._flow_lines, own time": [("sensor/detect/model.py", "_flow_lines", "own")],
 }

@@ -231,7 +231,7 @@ def _summary(pipe: Pipeline, packets: int, secs: float) -> None:
 def cmd_check_rules(args: argparse.Namespace) -> int:
     from .detect.rules.check import check_rules_main
 
-    return check_rules_main(args.files)
+    return check_rules_main([*(["-c", args.config] if args.config else []), *args.files])
 
 
 def build_parser(replay_only: bool = False) -> argparse.ArgumentParser:
@@ -262,6 +262,8 @@ def build_parser(replay_only: bool = False) -> argparse.ArgumentParser:
     add_learn_parser(sub)
     add_eval_parser(sub)
     c = sub.add_parser("check-rules", help="validate Suricata rule files")
+    c.add_argument("-c", "--config", metavar="CONFIG",
+                   help="take rule variables (vars.*) from this netsensor config")
     c.add_argument("files", nargs="+", metavar="FILE")
     c.set_defaults(fn=cmd_check_rules)
     v = sub.add_parser("version", help="print the version")

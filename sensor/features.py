@@ -168,15 +168,21 @@ def _tcp_timestamp_mask(d: np.ndarray, l4: np.ndarray, tcp: np.ndarray) -> np.nd
     return mask
 
 
+def mask_packets(rows: np.ndarray) -> np.ndarray:
+    """uint8 [P, m]: packets' first m bytes (one row each) with host fields zeroed."""
+    rows = np.asarray(rows, dtype=np.uint8)
+    real = rows[None]
+    return np.where(host_mask(real, np.ones(real.shape[:2], dtype=bool)), 0, real)[0]
+
+
 def masked_bytes(data: np.ndarray, n_packets: np.ndarray, n: int, m: int) -> np.ndarray:
     """uint8 [B, n, m]: window bytes fitted to n x m, host fields and padding zeroed."""
     data = _fit(np.asarray(data, dtype=np.uint8), n, m)
     valid = np.arange(n)[None, :] < np.minimum(n_packets, n)[:, None]
     # host_mask looks at each packet on its own, so only the real packets (a few per window;
-    # most rows are padding) go through it, as one [1, P, m] batch
-    real = data[valid][None]
+    # most rows are padding) go through it
     masked = np.zeros_like(data)
-    masked[valid] = np.where(host_mask(real, np.ones(real.shape[:2], dtype=bool)), 0, real)[0]
+    masked[valid] = mask_packets(data[valid])
     return masked
 
 
@@ -190,35 +196,69 @@ def image(data: np.ndarray, n_packets: np.ndarray, n: int, m: int) -> np.ndarray
     return scale_bytes(masked_bytes(data, n_packets, n, m))
 
 
+def window_times(ts_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(inter-arrival, time since the window's first packet), float64 [B, n] in us, from the
+    windows' packet times [B, n] (padding rows hold whatever; only real packets are used)."""
+    ts = ts_us.astype(np.int64)
+    iat = np.zeros(ts.shape, dtype=np.float64)
+    if ts.shape[1] > 1:
+        iat[:, 1:] = np.maximum(ts[:, 1:] - ts[:, :-1], 0)
+    rel = np.maximum(ts - ts[:, :1], 0).astype(np.float64)
+    return iat, rel
+
+
+def packet_times(ts_us: np.ndarray, first: np.ndarray, counts: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """`window_times` of flat packet rows (window b = rows first[b] .. + counts[b] - 1): the
+    same values as the padded form's real packets, float64 [P] each."""
+    ts = np.asarray(ts_us, dtype=np.int64)
+    win = np.repeat(np.arange(len(counts)), counts)
+    start = first[win]
+    iat = np.zeros(len(ts), dtype=np.float64)
+    if len(ts) > 1:
+        iat[1:] = np.maximum(ts[1:] - ts[:-1], 0)
+    iat[start] = 0.0  # a window's first packet
+    rel = np.maximum(ts - ts[start], 0).astype(np.float64)
+    return iat, rel
+
+
+def fit_width(rows: np.ndarray, m: int) -> np.ndarray:
+    """Packet rows [P, M'] truncated or zero-padded to [P, m]."""
+    return _fit(rows[:, None, :], 1, m)[:, 0, :]
+
+
+def packet_sequence(p: dict[str, np.ndarray], iat: np.ndarray, rel: np.ndarray) -> np.ndarray:
+    """Sequence features float32 [P, N_SEQ] of real packets (one row each): their window
+    fields and `window_times`. Each row depends on its packet alone (and those times)."""
+    out = np.zeros((len(iat), N_SEQ), dtype=np.float32)
+    proto = p["proto"].astype(np.int32)
+    is_tcp = proto == 6
+    flags = np.where(is_tcp, p["tcp_flags"].astype(np.int32), 0)
+    out[:, 0] = 1.0
+    out[:, 1] = p["to_server"] != 0
+    out[:, 2] = np.log1p(np.maximum(p["size"], 0).astype(np.float64)) / _LOG_SIZE
+    out[:, 3] = np.log1p(iat) / _LOG_TIME
+    out[:, 4] = np.log1p(rel) / _LOG_TIME
+    for bit in range(8):
+        out[:, 5 + bit] = (flags >> bit) & 1
+    out[:, 13] = np.log1p(np.maximum(p["payload_len"], 0).astype(np.float64)) / _LOG_SIZE
+    out[:, 14] = np.where(is_tcp, np.clip(p["tcp_win"], 0, 65535), 0) / 65535.0
+    out[:, 15] = is_tcp
+    out[:, 16] = proto == 17
+    out[:, 17] = (proto == 1) | (proto == 58)
+    out[:, 18] = ~(is_tcp | (proto == 17) | (proto == 1) | (proto == 58))
+    return out
+
+
 def sequence(pkts: dict[str, np.ndarray], n_packets: np.ndarray, n: int) -> np.ndarray:
-    """Sequence features float32 [B, n, N_SEQ] from the per-packet window fields."""
+    """Sequence features float32 [B, n, N_SEQ] from the per-packet window fields; padding
+    rows are zero."""
     p = {k: _fit(np.asarray(v), n) for k, v in pkts.items()}
     b = len(n_packets)
     valid = np.arange(n)[None, :] < np.minimum(n_packets, n)[:, None]
     out = np.zeros((b, n, N_SEQ), dtype=np.float32)
-    vf = valid.astype(np.float32)
-    ts = p["ts_us"].astype(np.int64)
-    iat = np.zeros((b, n), dtype=np.float64)
-    if n > 1:
-        iat[:, 1:] = np.maximum(ts[:, 1:] - ts[:, :-1], 0)
-    rel = np.maximum(ts - ts[:, :1], 0).astype(np.float64)
-    proto = p["proto"].astype(np.int32)
-    is_tcp = proto == 6
-    flags = np.where(is_tcp, p["tcp_flags"].astype(np.int32), 0)
-    out[:, :, 0] = vf
-    out[:, :, 1] = p["to_server"] != 0
-    out[:, :, 2] = np.log1p(np.maximum(p["size"], 0).astype(np.float64)) / _LOG_SIZE
-    out[:, :, 3] = np.log1p(iat) / _LOG_TIME
-    out[:, :, 4] = np.log1p(rel) / _LOG_TIME
-    for bit in range(8):
-        out[:, :, 5 + bit] = (flags >> bit) & 1
-    out[:, :, 13] = np.log1p(np.maximum(p["payload_len"], 0).astype(np.float64)) / _LOG_SIZE
-    out[:, :, 14] = np.where(is_tcp, np.clip(p["tcp_win"], 0, 65535), 0) / 65535.0
-    out[:, :, 15] = is_tcp
-    out[:, :, 16] = proto == 17
-    out[:, :, 17] = (proto == 1) | (proto == 58)
-    out[:, :, 18] = ~(is_tcp | (proto == 17) | (proto == 1) | (proto == 58))
-    out *= vf[:, :, None]
+    iat, rel = window_times(p["ts_us"])
+    out[valid] = packet_sequence({k: v[valid] for k, v in p.items()}, iat[valid], rel[valid])
     return out
 
 

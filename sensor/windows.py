@@ -9,14 +9,13 @@ Everything is done for a whole batch at once, without a Python loop over flows o
 the batch's packets are grouped by flow slot (one stable argsort), each packet's window end
 is found with one binary search per packet (time limit) and its position (packet limit), and
 the chain of window starts of every flow (a window starts where the previous one ended) is
-followed for all flows together by pointer doubling. Closed windows are scattered into the
-padded `WindowBatch` arrays with one fancy index per field.
+followed for all flows together by pointer doubling. Closed windows keep their packets as
+flat rows (`WindowBatch`); padded [B, N] arrays are built only when a consumer asks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,20 +31,95 @@ FLOW_FIELDS = ("flow_id", "ipver", "proto", "cli_hi", "cli_lo", "srv_hi", "srv_l
                "cli_port", "srv_port", "first_cnt", "vlan0", "vlan1")
 
 
-@dataclass
 class WindowBatch:
-    """Closed windows, packets padded to N: arrays [B, N] per field, bytes [B, N, M]."""
+    """Closed windows. Their packets are kept flat (`rows` per field [P], `raw` bytes [P, M]:
+    window b's packets are rows first[b] .. first[b] + n_packets[b] - 1, in time order), as
+    the window stage makes them; the padded views `pkts` ([B, N] per field) and `data`
+    ([B, N, M], zero past each packet's end) are built on first use (training, tests). The
+    model stage reads the flat rows, so a window costs its packets, not N rows."""
 
-    n_packets: np.ndarray  # [B]
-    start_us: np.ndarray  # [B]
-    end_us: np.ndarray  # [B]
-    slot: np.ndarray  # [B] flow slot (may already be free if the flow ended)
-    pkts: dict[str, np.ndarray]
-    data: np.ndarray  # uint8 [B, N, M]; zero past each packet's end
-    flow: dict[str, np.ndarray]  # [B] per FLOW_FIELDS
+    def __init__(self, n_packets: np.ndarray, start_us: np.ndarray, end_us: np.ndarray,
+                 slot: np.ndarray, pkts: dict[str, np.ndarray] | None = None,
+                 data: np.ndarray | None = None, flow: dict[str, np.ndarray] | None = None,
+                 *, rows: dict[str, np.ndarray] | None = None, raw: np.ndarray | None = None,
+                 n_max: int | None = None) -> None:
+        self.n_packets = n_packets  # [B]
+        self.start_us = start_us  # [B]
+        self.end_us = end_us  # [B]
+        self.slot = slot  # [B] flow slot (may already be free if the flow ended)
+        self.flow = flow if flow is not None else {}  # [B] per FLOW_FIELDS
+        if (pkts is None or data is None) and (rows is None or raw is None or n_max is None):
+            raise ValueError("WindowBatch needs padded pkts+data or flat rows+raw+n_max")
+        self._pkts, self._data = pkts, data
+        self._rows, self._raw = rows, raw
+        self.n_max = int(n_max if n_max is not None else data.shape[1])  # type: ignore[union-attr]
 
     def __len__(self) -> int:
         return len(self.n_packets)
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Packets of each window that are kept (n_packets, at most N)."""
+        return np.minimum(self.n_packets, self.n_max).astype(np.int64)
+
+    @property
+    def first(self) -> np.ndarray:
+        """Row of each window's first packet in `rows` / `raw`."""
+        c = self.counts
+        return np.cumsum(c) - c
+
+    def _valid(self) -> np.ndarray:
+        return np.arange(self.n_max)[None, :] < self.counts[:, None]
+
+    @property
+    def rows(self) -> dict[str, np.ndarray]:
+        if self._rows is None:
+            valid = self._valid()
+            self._rows = {k: v[:, :self.n_max][valid] for k, v in self._pkts.items()}
+        return self._rows
+
+    @property
+    def raw(self) -> np.ndarray:
+        if self._raw is None:
+            self._raw = self._data[:, :self.n_max][self._valid()]
+        return self._raw
+
+    @property
+    def pkts(self) -> dict[str, np.ndarray]:
+        if self._pkts is None:
+            valid = self._valid()
+            out = {}
+            for k, v in self._rows.items():
+                a = np.zeros((len(self), self.n_max), dtype=v.dtype)
+                a[valid] = v
+                out[k] = a
+            self._pkts = out
+        return self._pkts
+
+    @property
+    def data(self) -> np.ndarray:
+        if self._data is None:
+            a = np.zeros((len(self), self.n_max, self._raw.shape[1]), dtype=np.uint8)
+            a[self._valid()] = self._raw
+            self._data = a
+        return self._data
+
+
+def concat_windows(batches: list[WindowBatch]) -> WindowBatch:
+    """One WindowBatch of several (flat rows when all have them)."""
+    if len(batches) == 1:
+        return batches[0]
+    cat = np.concatenate
+    flow = {k: cat([b.flow[k] for b in batches]) for k in batches[0].flow}
+    head = (cat([b.n_packets for b in batches]), cat([b.start_us for b in batches]),
+            cat([b.end_us for b in batches]), cat([b.slot for b in batches]))
+    n_max = batches[0].n_max
+    if all(b._rows is not None and b.n_max == n_max for b in batches):
+        return WindowBatch(*head, flow=flow, n_max=n_max,
+                           rows={k: cat([b.rows[k] for b in batches]) for k in batches[0].rows},
+                           raw=cat([b.raw for b in batches]))
+    return WindowBatch(*head, {k: cat([b.pkts[k] for b in batches]) for k in batches[0].pkts},
+                       cat([b.data for b in batches]), flow)
 
 
 class _PacketStore:
@@ -371,24 +445,20 @@ class WindowStage:
 
     def _pack(self, b: int, row: np.ndarray, cols: dict[str, np.ndarray], raw: np.ndarray,
               start: np.ndarray, slot: np.ndarray, flow: dict[str, np.ndarray]) -> WindowBatch:
-        """Scatter packets (sorted by output row, in time order within a row) into padded
-        [b, N] / [b, N, M] arrays."""
-        npk, m = self.cfg.packets, self.cfg.bytes
+        """Packets (sorted by output row, in time order within a row) as the flat rows of
+        `b` windows, each cut to its first N packets."""
+        npk = self.cfg.packets
         counts = np.bincount(row, minlength=b).astype(np.int64)
         pos = np.arange(len(row)) - (np.cumsum(counts) - counts)[row]
         ok = pos < npk
-        row, pos = row[ok], pos[ok]
         counts = np.minimum(counts, npk)
-        pk = {}
-        for name, t in FIELDS.items():
-            a = np.zeros((b, npk), dtype=t)
-            a[row, pos] = cols[name][ok]
-            pk[name] = a
-        data = np.zeros((b, npk, m), dtype=np.uint8)
-        data[row, pos] = raw[ok]
-        ends = pk["ts_us"][np.arange(b), np.maximum(counts - 1, 0)]
-        return WindowBatch(counts, start.astype(np.int64), ends.astype(np.int64),
-                           slot.astype(np.int64), pk, data, flow)
+        rows = {name: cols[name][ok] for name in FIELDS}
+        ends = np.zeros(b, np.int64)
+        has = counts > 0
+        ends[has] = rows["ts_us"][(np.cumsum(counts) - 1)[has]]
+        return WindowBatch(counts, start.astype(np.int64), ends,
+                           slot.astype(np.int64), flow=flow, rows=rows, raw=raw[ok],
+                           n_max=npk)
 
     def _emit(self, wb: WindowBatch) -> list[str]:
         if not len(wb):

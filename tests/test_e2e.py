@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from sensor.cli import main as netsensor_main
-from sensor.config import Config, RulesConfig
+from sensor.config import Config, RulesConfig, VarsConfig, load_config
 from sensor.stages import build_stages
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,11 +29,14 @@ SHIPPED_THRESHOLD = ROOT / "rules" / "threshold.config"
 ALERT_KEYS = ("signature_id", "gid", "action", "pcap_cnt", "src_ip", "src_port", "dest_ip",
               "dest_port", "proto")
 FLOW_KEYS = ("proto", "src_ip", "src_port", "dest_ip", "dest_port")
+# the site port group the shipped rules use (netsensor.yaml; tests/e2e/suricata.yaml too)
+BULK_PORTS = load_config(str(ROOT / "netsensor.yaml")).vars.port_groups["BULK_PORTS"]
 
 
 def _has_rule_stage() -> bool:
     """True once sensor/stages.py builds a rule-matching stage from cfg.rules."""
-    cfg = Config(rules=RulesConfig(files=(str(SHIPPED_RULES),)))
+    cfg = Config(rules=RulesConfig(files=(str(SHIPPED_RULES),)),
+                 vars=VarsConfig(port_groups={"BULK_PORTS": BULK_PORTS}))
     return any("rules" in type(s).__module__ for s in build_stages(cfg))
 
 
@@ -60,6 +63,7 @@ def _config(case: Path, tmp: Path) -> Path:
         "vars:\n  address_groups:\n"
         "    HOME_NET: \"[192.168.0.0/16,10.0.0.0/8,172.16.0.0/12]\"\n"
         "    EXTERNAL_NET: \"!$HOME_NET\"\n"
+        f"  port_groups:\n    BULK_PORTS: {json.dumps(BULK_PORTS)}\n"
         "outputs:\n  eve:\n    types: [alert, flow]\n"
         "replay:\n  progress: false\n")
     return cfg

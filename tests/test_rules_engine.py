@@ -456,3 +456,104 @@ def test_target_adds_source_and_target(tmp_path: Path) -> None:
     assert got[1]["target"] == {"ip": S, "port": 53}
     assert got[2]["source"] == {"ip": S, "port": 53}
     assert got[2]["target"] == {"ip": C, "port": 5000}
+
+
+# --- stream_size ---------------------------------------------------------------------------
+
+E2E = ROOT / "tests" / "e2e"
+
+
+def _size_rules(top: int) -> str:
+    """One rule per value: sid 1+N for client == N, 100001+N for server == N."""
+    return "".join(
+        f'alert tcp any any -> any any (msg:"{side} {n}"; stream_size:{side},=,{n}; '
+        f"sid:{base + n};)\n"
+        for side, base in (("client", 1), ("server", 100_001)) for n in range(top + 1))
+
+
+def _sizes(events: list[dict]) -> dict[int, tuple[int | None, int | None]]:
+    """pcap_cnt -> (client, server) values read off the alerts of _size_rules."""
+    got: dict[int, list[int | None]] = {}
+    for a in alerts(events):
+        sid = a["alert"]["signature_id"]
+        got.setdefault(a["pcap_cnt"], [None, None])[sid > 100_000] = sid % 100_000 - 1
+    return {k: (v[0], v[1]) for k, v in got.items()}
+
+
+# (client, server) after each packet of the first two connections of the e2e
+# content-modifiers capture (curl against python http.server), read off real Suricata
+# 7.0.10 with the same one-rule-per-value rules: the SYN counts 1; the server closes first
+# in the first connection (its FIN counts at once: 216 -> 217; the client's FIN only once
+# acknowledged: 98 -> 99 on packet 12), the client first in the second (111 -> 112 and
+# 198 -> 199 on the acknowledgements).
+SURICATA_SIZES = {
+    1: (1, 0), 2: (1, 1), 3: (1, 1), 4: (98, 1), 5: (98, 1), 6: (98, 186), 7: (98, 186),
+    8: (98, 216), 9: (98, 216), 10: (98, 217), 11: (98, 217), 12: (99, 217),
+    13: (1, 0), 14: (1, 1), 15: (1, 1), 16: (111, 1), 17: (111, 1), 18: (111, 186),
+    19: (111, 186), 20: (111, 198), 21: (111, 198), 22: (111, 198), 23: (112, 198),
+    24: (112, 199)}
+
+
+def test_stream_size_values_on_a_real_capture(tmp_path: Path) -> None:
+    """next_seq - isn per side, packet by packet, as Suricata 7.0.10 has it; the UDP and
+    ICMP packets of the capture (no TCP session) never match."""
+    from scapy.all import rdpcap  # type: ignore[attr-defined]
+
+    packets = rdpcap(str(E2E / "content-modifiers" / "input.pcap"))
+    events, err = replay(tmp_path, list(packets), _size_rules(400))
+    assert "rejected" not in err
+    got = _sizes(events)
+    assert {k: got[k] for k in SURICATA_SIZES} == SURICATA_SIZES
+    assert {a["proto"] for a in alerts(events)} == {"TCP"}
+
+
+def test_stream_size_midstream_pickup(tmp_path: Path) -> None:
+    """Without the handshake a session exists only with rules.midstream; picked up on the
+    client's data packet, the client counts len + 1 and the server 1; picked up on a
+    SYN/ACK, both count 1; a bare FIN (a FIN scan) and the RST it gets open none (values
+    of Suricata 7.0.10 with stream.midstream: true on the same packets)."""
+    data = Tcp().handshake().client(b"x" * 50).server(b"y" * 70).ack_client().pkts[3:]
+    synack = Tcp(sport=40001, t=1.0).handshake().client(b"a" * 10).pkts[1:]
+    fin = [pkt(C, S, TCP(sport=40002, dport=81, flags="F", seq=7), t=2.0),
+           pkt(S, C, TCP(sport=81, dport=40002, flags="RA", seq=0, ack=8), t=2.01)]
+    packets = data + synack + fin
+    events, _ = replay(tmp_path, packets, _size_rules(100))
+    assert alerts(events) == []  # midstream off: no session, no match
+    events, _ = replay(tmp_path, packets, _size_rules(100), {"midstream": True})
+    assert _sizes(events) == {1: (51, 1), 2: (51, 71), 3: (51, 71), 4: (1, 1), 5: (1, 1),
+                              6: (11, 1)}
+
+
+def test_stream_size_does_not_depend_on_batches(tmp_path: Path) -> None:
+    """The per-flow state carries over batch boundaries: 7-packet batches give the alerts
+    of one batch for the whole stream-size e2e capture (gaps, RSTs, FIN orders)."""
+    case = E2E / "stream-size"
+    runs = []
+    for batch in (7, 65536):
+        out = tmp_path / str(batch)
+        out.mkdir()
+        (out / "c.yaml").write_text(yaml.safe_dump({
+            "rules": {"files": [str(case / "test.rules")]},
+            "outputs": {"eve": {"types": ["alert"]}},
+            "replay": {"progress": False, "batch_size": batch}}))
+        assert cli_main(["replay", "-q", "-c", str(out / "c.yaml"), "-l", str(out),
+                         str(case / "input.pcap")]) == 0
+        lines = (out / "eve.json").read_text().splitlines()
+        runs.append(sorted((e["pcap_cnt"], e["alert"]["signature_id"])
+                           for e in map(json.loads, lines)))
+    assert runs[0] == runs[1] and len(runs[0]) > 300
+
+
+def test_stream_size_without_stream_rules_keeps_no_reassembly(tmp_path: Path) -> None:
+    """stream_size reads the sequence numbers of each packet (per-flow columns), not the
+    reassembled stream: with only stream_size rules loaded no TCP session buffer is built
+    (the engine's stream skip, commit f068f11), and the values are still there."""
+    from sensor.detect.rules.engine import RuleStage
+
+    rules = tmp_path / "r.rules"
+    rules.write_text('alert tcp any any -> any any (stream_size:client,>,90; sid:1;)\n')
+    stage = RuleStage(Config(rules=RulesConfig(files=(str(rules),))))
+    assert stage.stream_rules == [] and not stage.stream_always
+    conv = Tcp().handshake().client(b"x" * 100).server(b"y" * 10).close()
+    events, _ = replay(tmp_path, conv.pkts, rules.read_text())
+    assert [a["pcap_cnt"] for a in alerts(events)] == [4, 5, 6, 7, 8]

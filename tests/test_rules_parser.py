@@ -255,3 +255,43 @@ def test_user_vars() -> None:
     assert r.dst_ports.contains(443)
     with pytest.raises(RuleSyntaxError, match="loop"):
         parse_addresses("$A", {"A": "$B", "B": "[$A]"})
+
+
+def test_stream_size() -> None:
+    """Suricata 7.0.10's grammar (each accepted/refused form checked with `suricata -T`)."""
+    r = rule("stream_size:client,>,5; sid:1;")
+    assert [(s.side, s.cmp.mode, s.cmp.a) for s in r.stream_size] == [("client", "gt", 5)]
+    for value, side, mode, num in (("server,<,0", "server", "lt", 0),
+                                   ("both,>=,4294967295", "both", "ge", 4294967295),
+                                   ("either,!=,7", "either", "ne", 7),
+                                   ("either,!,7", "either", "ne", 7),
+                                   (" client , = , 5 ", "client", "eq", 5),
+                                   ("client,<=,05", "client", "le", 5)):
+        (got,) = rule(f"stream_size:{value}; sid:1;").stream_size
+        assert (got.side, got.cmp.mode, got.cmp.a) == (side, mode, num), value
+    # several in one rule: all must hold (Suricata accepts this); any protocol loads
+    two = rule("stream_size:client,>,10; stream_size:server,<,3; sid:1;")
+    assert [s.side for s in two.stream_size] == ["client", "server"]
+    assert rule("stream_size:client,>,1; sid:1;", "alert udp any any -> any any").stream_size
+
+
+@pytest.mark.parametrize("value", [
+    "client,=,4294967296", "Client,=,1", "client,==,1", "client,>5", "client,>,-1",
+    "client,>,0x10", "client,>,5k", ",>,5", "client,5", "client,>,5,6", "all,>,5",
+    "client,<>,5", "client,>,5-9", "client,\t>,5", "client,=>,5", ""])
+def test_stream_size_rejections_match_suricata(value: str) -> None:
+    """Each of these is refused by Suricata 7.0.10 (`suricata -T`) too."""
+    assert "invalid stream_size" in err(f"stream_size:{value}; sid:1;")
+
+
+def test_stream_size_error_names_the_rule(tmp_path) -> None:  # noqa: ANN001
+    from sensor.detect.rules import load_rules
+
+    f = tmp_path / "x.rules"
+    f.write_text('alert tcp any any -> any any (msg:"ok"; stream_size:client,>,1; sid:1;)\n'
+                 'alert tcp any any -> any any (msg:"bad"; stream_size:client,>>,1; sid:7;)\n')
+    rs = load_rules([f])
+    assert [r.sid for r in rs.rules] == [1]
+    assert [str(e) for e in rs.errors] == [
+        f"{f}:2: invalid stream_size 'client,>>,1' (want <server|client|both|either>,<op>,"
+        "<number>) in sid 7"]

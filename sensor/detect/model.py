@@ -41,7 +41,7 @@ from ..output.eve import (
     proto_name,
 )
 from ..pipeline import BatchContext
-from ..windows import FLOW_FIELDS, WindowBatch, WindowStage
+from ..windows import FLOW_FIELDS, WindowBatch, WindowStage, concat_windows
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "netsensor-cnnlstm.onnx"
 INPUT_NAMES = ("image", "sequence")
@@ -241,6 +241,29 @@ class AlertAggregator:
         st[0], st[1], st[3] = ts_us, 0, 0
         return count
 
+    def offer_many(self, key: tuple, ts_us: np.ndarray) -> tuple[list[int], list[int], int]:
+        """`offer` for each of one key's windows in time order: (positions that raise an
+        alert, their counts, windows suppressed). Windows inside a running period are
+        skipped in one step, so a flood's thousands of windows cost a few Python steps."""
+        pos, counts = [], []
+        suppressed = 0
+        i, n = 0, len(ts_us)
+        while i < n:
+            st = self.state.get(key)
+            if st is not None and st[0] is not None and self.period_us > 0 \
+                    and int(ts_us[i]) - st[0] < self.period_us:
+                j = int(np.searchsorted(ts_us, st[0] + self.period_us, side="left"))
+                st[1] += j - i
+                suppressed += j - i
+                i = j
+                continue
+            count = self.offer(key, int(ts_us[i]))
+            if count is not None:
+                pos.append(i)
+                counts.append(count)
+            i += 1
+        return pos, counts, suppressed
+
     def _prune(self, now_us: int) -> None:
         def idle(st: list) -> bool:
             last = st[0] if st[0] is not None else st[2]
@@ -311,16 +334,35 @@ def update_flow_verdicts(cols: dict[str, np.ndarray], rows: np.ndarray, score: n
     cols["ml_windows"][rg] = w0 + (last - gstart + 1)
 
 
-def _concat(batches: list[WindowBatch]) -> WindowBatch:
-    if len(batches) == 1:
-        return batches[0]
-    cat = np.concatenate
-    return WindowBatch(
-        n_packets=cat([b.n_packets for b in batches]), start_us=cat([b.start_us for b in batches]),
-        end_us=cat([b.end_us for b in batches]), slot=cat([b.slot for b in batches]),
-        pkts={k: cat([b.pkts[k] for b in batches]) for k in batches[0].pkts},
-        data=cat([b.data for b in batches]),
-        flow={k: cat([b.flow[k] for b in batches]) for k in FLOW_FIELDS})
+_HASH_WORDS = np.random.default_rng(0x5EED).integers(1, 2**63, size=32 * 64, dtype=np.uint64) | 1
+
+
+def dedupe_windows(masked: np.ndarray, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(representatives, inverse): the distinct windows of a chunk (same trimmed length), so
+    that each is scored once; window i has the features of window reps[inverse[i]], exactly
+    (a 64-bit hash groups them, a byte comparison confirms, a collision is scored alone).
+    Floods and scans repeat the same window thousands of times."""
+    k = len(masked)
+    if k < 2:
+        return np.arange(k), np.arange(k)
+    rows = np.concatenate([masked.reshape(k, -1), seq.reshape(k, -1).view(np.uint8)], axis=1)
+    if rows.shape[1] % 8:
+        rows = np.pad(rows, ((0, 0), (0, 8 - rows.shape[1] % 8)))
+    words = rows.view(np.uint64)
+    w = _HASH_WORDS
+    while len(w) < words.shape[1]:
+        w = np.concatenate([w, _HASH_WORDS])
+    with np.errstate(over="ignore"):
+        h = (words * w[:words.shape[1]]).sum(axis=1, dtype=np.uint64)
+    _, first, inverse = np.unique(h, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    same = (words == words[first[inverse]]).all(axis=1)
+    if not same.all():  # a hash collision: those windows are scored on their own
+        odd = np.flatnonzero(~same)
+        inverse = inverse.copy()
+        inverse[odd] = len(first) + np.arange(len(odd))
+        first = np.concatenate([first, odd])
+    return first, inverse
 
 
 # -- explanation by occlusion ------------------------------------------------------------------
@@ -362,32 +404,59 @@ def explain_window(score_fn, image: np.ndarray, seq: np.ndarray, top: int = 3
     `image` [P, M] and `seq` [P, F] are one window trimmed to its packets; `score_fn` maps a
     batch of such windows to the score being explained (a class probability or the anomaly
     score). Each variant blanks one packet (bytes and features, the packet stays in place) or
-    one feature group in every packet; the drop in score is that part's contribution. All
-    variants go to onnxruntime in one call, once per raised alert (not per window)."""
-    p = image.shape[0]
-    groups = byte_groups(image)
+    one feature group in every packet; the drop in score is that part's contribution."""
+    return explain_windows(score_fn, [(image, seq)], top)[0]
+
+
+def explain_windows(score_fn, windows: list[tuple[np.ndarray, np.ndarray]], top: int = 3,
+                    max_rows: int = 4096, columns: list[int] | None = None
+                    ) -> list[dict[str, list[str]]]:
+    """`explain_window` for many windows at once: the variants of all windows of one length
+    are built together and scored in calls of at most `max_rows` rows. With `columns`,
+    `score_fn` returns one row of scores per variant and window w is explained on column
+    columns[w] (its class). Once per raised alert, never per window."""
     cols = {g: [features.SEQ_FEATURES.index(c) for c in cs] for g, cs in SEQ_GROUPS.items()}
-    names = [f"packet {i + 1}" for i in range(p)] + list(BYTE_GROUPS) + list(SEQ_GROUPS)
-    v = len(names) + 1
-    imgs = np.repeat(image[None], v, axis=0)
-    seqs = np.repeat(seq[None], v, axis=0)
-    for i in range(p):
-        imgs[1 + i, i] = 0.0
-        seqs[1 + i, i, 1:] = 0.0  # the packet stays counted (valid) but says nothing
-    for k, _g in enumerate(BYTE_GROUPS):
-        imgs[1 + p + k][groups == k] = 0.0
-    for k, g in enumerate(SEQ_GROUPS):
-        seqs[1 + p + len(BYTE_GROUPS) + k][:, cols[g]] = 0.0
-    scores = np.asarray(score_fn(imgs, seqs), dtype=np.float64)
-    drop = scores[0] - scores[1:]
-    pk = np.argsort(-drop[:p], kind="stable")[:top]
-    fg = p + np.argsort(-drop[p:], kind="stable")[:top]
-    return {
-        "explain_packets": [f"{int(i) + 1}:{drop[i]:+.3f}" for i in pk if drop[i] > 0]
-        or ["none"],
-        "explain_features": [f"{names[i]}:{drop[i]:+.3f}" for i in fg if drop[i] > 0]
-        or ["none"],
-    }
+    nb = len(BYTE_GROUPS)
+    out: list[dict[str, list[str]]] = [{} for _ in windows]
+    by_len: dict[int, list[int]] = {}
+    for w, (image, _seq) in enumerate(windows):
+        by_len.setdefault(image.shape[0], []).append(w)
+    for p, ws in sorted(by_len.items()):
+        img = np.stack([windows[w][0] for w in ws]).astype(np.float32)  # [W, p, M]
+        seq = np.stack([windows[w][1] for w in ws]).astype(np.float32)  # [W, p, F]
+        n_w, v = len(ws), p + nb + len(SEQ_GROUPS) + 1
+        imgs = np.repeat(img[:, None], v, axis=1)  # [W, V, p, M]
+        seqs = np.repeat(seq[:, None], v, axis=1)
+        for i in range(p):
+            imgs[:, 1 + i, i] = 0.0
+            seqs[:, 1 + i, i, 1:] = 0.0  # the packet stays counted (valid) but says nothing
+        groups = byte_groups(img.reshape(n_w * p, -1)).reshape(img.shape)
+        for k in range(nb):
+            imgs[:, 1 + p + k][groups == k] = 0.0
+        for k, g in enumerate(SEQ_GROUPS):
+            seqs[:, 1 + p + nb + k, :, cols[g]] = 0.0
+        flat_i = imgs.reshape(n_w * v, p, -1)
+        flat_s = seqs.reshape(n_w * v, p, -1)
+        step = max(v, max_rows - max_rows % v)
+        got = np.concatenate([np.asarray(score_fn(flat_i[lo:lo + step], flat_s[lo:lo + step]),
+                                         dtype=np.float64)
+                              for lo in range(0, len(flat_i), step)])
+        if columns is not None:
+            got = got[np.arange(len(got)), np.repeat([columns[w] for w in ws], v)]
+        got = got.reshape(n_w, v)
+        drop = got[:, :1] - got[:, 1:]
+        pk = np.argsort(-drop[:, :p], axis=1, kind="stable")[:, :top]
+        fg = p + np.argsort(-drop[:, p:], axis=1, kind="stable")[:, :top]
+        names = [f"packet {i + 1}" for i in range(p)] + list(BYTE_GROUPS) + list(SEQ_GROUPS)
+        for r, w in enumerate(ws):
+            d = drop[r]
+            out[w] = {
+                "explain_packets": [f"{int(i) + 1}:{d[i]:+.3f}" for i in pk[r] if d[i] > 0]
+                or ["none"],
+                "explain_features": [f"{names[i]}:{d[i]:+.3f}" for i in fg[r] if d[i] > 0]
+                or ["none"],
+            }
+    return out
 
 
 @dataclass
@@ -436,8 +505,9 @@ class ModelStage:
         self.table: FlowTable | None = None
         self.cid = cfg.outputs.eve.community_id
         self.cid_seed = cfg.outputs.eve.community_id_seed
-        self.stats = {"ml.windows_scored": 0, "ml.batches": 0, "ml.windows_over_threshold": 0,
-                      "ml.alerts": 0, "ml.alerts_aggregated": 0}
+        self.stats = {"ml.windows_scored": 0, "ml.windows_inferred": 0, "ml.batches": 0,
+                      "ml.windows_over_threshold": 0, "ml.alerts": 0,
+                      "ml.alerts_aggregated": 0}
         if self.baselines:
             self.stats.update({"ml.baseline_windows_over_threshold": 0,
                                "ml.baseline_alerts": 0, "ml.baseline_alerts_aggregated": 0})
@@ -492,13 +562,12 @@ class ModelStage:
         """Byte for byte the lines flow_events(ended, flow_extra(ended)) writes, from the bulk
         flow writer with the `metadata` object spliced in right after `flow` (where the dict
         path puts it): a dict and a json run per flow cost more than windows and features."""
-        lines = flow_lines(ended, with_cid, cid_seed)
         cols = ended.cols
         if "ml_windows" not in cols:
-            return lines
+            return flow_lines(ended, with_cid, cid_seed)
         idx = np.flatnonzero(cols["ml_windows"] != 0)
         if not len(idx):
-            return lines
+            return flow_lines(ended, with_cid, cid_seed)
         names = [dumps(c) for c in self.classes]
         benign = dumps("benign")
         cls = [names[c] if o else benign for c, o in
@@ -514,14 +583,12 @@ class ModelStage:
                                     strict=True)]
         else:
             anom = [("", "")] * len(idx)
+        after = [""] * len(ended)
         for i, c, sc, w, (av, ai) in zip(idx.tolist(), cls, scores, windows, anom, strict=True):
-            line = lines[i]
-            k = line.index("}", line.index('"alerted":')) + 1
-            lines[i] = (f'{line[:k]},"metadata":{{"flowvars":[{{"key":"ml_class","value":{c}}},'
+            after[i] = (f',"metadata":{{"flowvars":[{{"key":"ml_class","value":{c}}},'
                         f'{{"key":"ml_score","value":"{sc:.3f}"}}{av}],"flowints":'
-                        f'{{"ml_score_permille":{int(round(sc * 1000))},"ml_windows":{w}{ai}}}}}'
-                        f'{line[k:]}')
-        return lines
+                        f'{{"ml_score_permille":{int(round(sc * 1000))},"ml_windows":{w}{ai}}}}}')
+        return flow_lines(ended, with_cid, cid_seed, after)
 
     # -- internals -----------------------------------------------------------------------------
     def _attach(self, table: FlowTable) -> None:
@@ -556,12 +623,23 @@ class ModelStage:
             lo = hi
         return out
 
-    def _chunks(self, wb: WindowBatch) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(window indices, image, sequence) of each scoring chunk, in `_run`'s order and
-        trim: features are extracted per chunk at its trimmed length, the very values of the
-        padded `features.extract` rows without computing the padding (features of a packet
-        depend only on it and the packets before it in its window)."""
+    def _chunks(self, wb: WindowBatch) -> list[tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                      np.ndarray]]:
+        """(window indices, inverse, image, sequence) of each scoring chunk, in `_run`'s order
+        and trim. Features are computed once for all real packets of the batch (each row
+        depends only on its packet and its window's times) and scattered into each chunk at
+        its trimmed length: the very values of the padded `features.extract` rows. Windows
+        whose features are identical are scored once (`dedupe_windows`): image and sequence
+        hold the distinct rows, row `inverse[i]` is window `idx[i]`'s."""
         n, m = self.contract.packets, self.contract.bytes
+        n_pk = wb.counts
+        raw = wb.raw
+        if raw.shape[1] != m:
+            raw = features.fit_width(raw, m)
+        rows = features.mask_packets(raw)
+        iat, rel = features.packet_times(wb.rows["ts_us"], wb.first, n_pk)
+        seq_rows = features.packet_sequence(wb.rows, iat, rel)
+        first = wb.first  # each window's first row in rows / seq_rows
         order = np.argsort(wb.n_packets, kind="stable")
         counts = np.maximum(wb.n_packets[order], 1)
         out = []
@@ -569,27 +647,26 @@ class ModelStage:
             hi = min(len(order), lo + self.batch_size)
             length = int(min(n, counts[hi - 1]))
             idx = order[lo:hi]
-            sub = wb.n_packets[idx]
-            out.append((idx, features.image(wb.data[idx, :length], sub, length, m),
-                        features.sequence({k: v[idx, :length] for k, v in wb.pkts.items()},
-                                          sub, length)))
+            sub = n_pk[idx]
+            r = np.repeat(np.arange(len(idx)), sub)
+            i = np.arange(len(r)) - np.repeat(np.cumsum(sub) - sub, sub)
+            src = first[idx][r] + i
+            masked = np.zeros((len(idx), length, m), np.uint8)
+            masked[r, i] = rows[src]
+            seq = np.zeros((len(idx), length, features.N_SEQ), np.float32)
+            seq[r, i] = seq_rows[src]
+            reps, inverse = dedupe_windows(masked, seq)
+            self.stats["ml.windows_inferred"] += len(reps)
+            out.append((idx, inverse, features.scale_bytes(masked[reps]), seq[reps]))
         return out
 
     def _run_chunks(self, sess: Any, chunks: list, b: int, width: int) -> np.ndarray:
         """`_run` over chunks from `_chunks`."""
         out = np.zeros((b, width), np.float32) if width else np.zeros(b, np.float32)
-        for idx, img, seq in chunks:
-            out[idx] = predict_session(sess, img, seq)
+        for idx, inverse, img, seq in chunks:
+            out[idx] = predict_session(sess, img, seq)[inverse]
             self.stats["ml.batches"] += 1
         return out
-
-    def _window_features(self, wb: WindowBatch, j: int) -> tuple[np.ndarray, np.ndarray,
-                                                                  np.ndarray, int]:
-        """(image, sequence, n_packets, 0): window j alone, for `_explain`."""
-        n, m = self.contract.packets, self.contract.bytes
-        sub = wb.n_packets[j:j + 1]
-        return (features.image(wb.data[j:j + 1], sub, n, m),
-                features.sequence({k: v[j:j + 1] for k, v in wb.pkts.items()}, sub, n), sub, 0)
 
     def predict(self, image: np.ndarray, seq: np.ndarray, n_packets: np.ndarray) -> np.ndarray:
         """Class probabilities [B, C] of the classifier."""
@@ -603,7 +680,7 @@ class ModelStage:
     def _score(self, ended: EndedFlows | None) -> list[str]:
         if not self.collected:
             return []
-        wb = _concat(self.collected)
+        wb = concat_windows(self.collected)
         self.collected = []
         chunks = self._chunks(wb)
         probs = self._run_chunks(self.sess, chunks, len(wb), len(self.classes))
@@ -622,27 +699,20 @@ class ModelStage:
         update_flow_verdicts(cols, rows, score, over_any, alert_cls, top)
         hits = np.flatnonzero(over_any)
         self.stats["ml.windows_over_threshold"] += len(hits)
+        raised = self._aggregate(wb, hits, alert_cls)
+        expl = self._explain_all(lambda im, sq: predict_session(self.sess, im, sq), wb, chunks,
+                                 [j for j, _ in raised], [int(alert_cls[j]) for j, _ in raised])
         lines = []
-        for j in hits[np.argsort(wb.end_us[hits], kind="stable")].tolist():
+        c = self.contract
+        for (j, count), why in zip(raised, expl, strict=True):
             cls = self.classes[int(alert_cls[j])]
-            src = (int(wb.flow["ipver"][j]), int(wb.flow["cli_hi"][j]), int(wb.flow["cli_lo"][j]))
-            count = self.agg.offer((src, cls), int(wb.end_us[j]))
-            if count is None:
-                self.stats["ml.alerts_aggregated"] += 1
-                continue
             self.stats["ml.alerts"] += 1
             if rows[j] >= 0:
                 cols["alerted"][rows[j]] = True
-            c = self.contract
             category, severity = CLASS_CATEGORY.get(cls, ("Misc activity", 3))
             meta = {"model": [c.name], "model_version": [c.version], "class": [cls],
                     "score": [f"{float(alert_score[j]):.3f}"],
-                    "threshold": [f"{c.thresholds[cls]:.3f}"]}
-            if self.explain:
-                k = int(alert_cls[j])
-                meta.update(self._explain(
-                    lambda im, sq, k=k: predict_session(self.sess, im, sq)[:, k],
-                    *self._window_features(wb, j)))
+                    "threshold": [f"{c.thresholds[cls]:.3f}"], **why}
             lines.append(self._alert(wb, j, f"NETSENSOR ML {cls} pattern", c.sid(cls),
                                      category, severity, meta, count, int(fid[j])))
         self.last_anomaly = []
@@ -662,32 +732,76 @@ class ModelStage:
                 cols["ml_anomaly"][r] = s[j]
         hits = np.flatnonzero(ratio > 1.0)
         self.stats["ml.baseline_windows_over_threshold"] += len(hits)
+        raised = self._aggregate(wb, hits, None, f"baseline:{b.index}",
+                                 "ml.baseline_alerts_aggregated")
+        expl = self._explain_all(lambda im, sq: predict_session(b.sess, im, sq), wb, chunks,
+                                 [j for j, _ in raised])
         lines = []
         c = b.contract
-        for j in hits[np.argsort(wb.end_us[hits], kind="stable")].tolist():
-            src = (int(wb.flow["ipver"][j]), int(wb.flow["cli_hi"][j]), int(wb.flow["cli_lo"][j]))
-            count = self.agg.offer((src, f"baseline:{b.index}"), int(wb.end_us[j]))
-            if count is None:
-                self.stats["ml.baseline_alerts_aggregated"] += 1
-                continue
+        for (j, count), why in zip(raised, expl, strict=True):
             self.stats["ml.baseline_alerts"] += 1
             if rows[j] >= 0:
                 cols["alerted"][rows[j]] = True
             meta = {"model": [c.name], "model_version": [c.version], "class": ["anomalous"],
                     "score": [f"{float(s[j]):.3f}"], "threshold": [f"{b.threshold:.3f}"],
-                    "over_threshold": [f"{float(ratio[j]):.2f}x"]}
-            if self.explain:
-                meta.update(self._explain(lambda im, sq: predict_session(b.sess, im, sq),
-                                          *self._window_features(wb, j)))
+                    "over_threshold": [f"{float(ratio[j]):.2f}x"], **why}
             lines.append(self._alert(wb, j, BASELINE_SIGNATURE, BASELINE_SID + b.index,
                                      "Potentially Bad Traffic", 2, meta, count,
                                      int(wb.flow["flow_id"][j])))
         return lines
 
-    def _explain(self, score_fn, img: np.ndarray, seq: np.ndarray, n_packets: np.ndarray,
-                 j: int) -> dict[str, list[str]]:
-        n = max(1, int(min(n_packets[j], img.shape[1])))
-        return explain_window(score_fn, img[j, :n], seq[j, :n])
+    def _aggregate(self, wb: WindowBatch, hits: np.ndarray, alert_cls: np.ndarray | None,
+                   label: str = "", stat: str = "ml.alerts_aggregated"
+                   ) -> list[tuple[int, int]]:
+        """(window, count) of the windows in `hits` that raise an alert, in window end order:
+        `AlertAggregator` keyed by (source address, class name, or `label` without
+        classes), one key at a time (keys are independent)."""
+        if not len(hits):
+            return []
+        order = hits[np.argsort(wb.end_us[hits], kind="stable")]
+        f = wb.flow
+        lab = alert_cls[order] if alert_cls is not None else np.zeros(len(order), np.int64)
+        cols = (f["ipver"][order], f["cli_hi"][order], f["cli_lo"][order], lab)
+        # grouped by key, each key's windows in time order (position breaks ties)
+        grouped = np.lexsort((np.arange(len(order)), *cols[::-1]))
+        change = np.zeros(len(order) + 1, dtype=bool)
+        change[0] = change[-1] = True
+        for k in cols:
+            kg = k[grouped]
+            change[1:-1] |= kg[1:] != kg[:-1]
+        bounds = np.flatnonzero(change)
+        ts = wb.end_us[order]
+        raised: list[tuple[int, int, int]] = []  # (position in order, window, count)
+        for a, z in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            at = grouped[a:z]
+            j0 = int(order[at[0]])
+            src = (int(f["ipver"][j0]), int(f["cli_hi"][j0]), int(f["cli_lo"][j0]))
+            name = self.classes[int(lab[at[0]])] if alert_cls is not None else label
+            pos, counts, _ = self.agg.offer_many((src, name), ts[at])
+            self.stats[stat] += len(at) - len(pos)
+            raised += [(int(at[p]), int(order[at[p]]), c) for p, c in zip(pos, counts,
+                                                                           strict=True)]
+        raised.sort()
+        return [(j, c) for _, j, c in raised]
+
+    def _explain_all(self, score_fn, wb: WindowBatch, chunks: list, js: list[int],
+                     columns: list[int] | None = None) -> list[dict[str, list[str]]]:
+        """Occlusion explanations of windows `js` (empty dicts when `model.explain` is off),
+        from the features `_chunks` already extracted, trimmed to each window's packets."""
+        if not self.explain or not js:
+            return [{} for _ in js]
+        where: dict[int, tuple[int, int]] = {}
+        wanted = set(js)
+        for ci, (idx, inverse, _img, _seq) in enumerate(chunks):
+            for pos in np.flatnonzero(np.isin(idx, list(wanted))).tolist():
+                where[int(idx[pos])] = (ci, int(inverse[pos]))
+        windows = []
+        for j in js:
+            ci, r = where[j]
+            img, seq = chunks[ci][2], chunks[ci][3]
+            n = max(1, min(int(wb.n_packets[j]), img.shape[1]))
+            windows.append((img[r, :n], seq[r, :n]))
+        return explain_windows(score_fn, windows, columns=columns)
 
     def _flow_rows(self, wb: WindowBatch, ended: EndedFlows | None) -> tuple[np.ndarray, dict]:
         """Row of each window's flow in the live table (or in `ended`'s snapshot); -1 if gone."""

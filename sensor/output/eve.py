@@ -283,8 +283,10 @@ _CID_ICMP6 = counterpart_table(ICMP6_COUNTERPART)
 
 
 def flow_lines(ended: EndedFlows, with_community_id: bool = True, cid_seed: int = 0,
-               ) -> list[str]:
-    """The EVE `flow` lines of ended flows, byte for byte what flow_events() builds."""
+               after_flow: list[str] | None = None) -> list[str]:
+    """The EVE `flow` lines of ended flows, byte for byte what flow_events() builds.
+    `after_flow[i]` (raw JSON, starting with a comma) goes right after flow i's `flow`
+    object: where a stage's flow_extra adds its keys (the model's `metadata`)."""
     n = len(ended)
     if not n:
         return []
@@ -352,12 +354,13 @@ def flow_lines(ended: EndedFlows, with_community_id: bool = True, cid_seed: int 
         f'{{"timestamp":"{a}.{b:06d}+0000","flow_id":{fid},"event_type":"flow"{h},{ad},'
         f'"flow":{{"pkts_toserver":{p1},"pkts_toclient":{p2},"bytes_toserver":{b1},'
         f'"bytes_toclient":{b2},"start":"{s1}.{s2:06d}+0000","end":"{e1}.{e2:06d}+0000",'
-        f'"age":{ag},"state":"{st}{close}{al}{flow_end}{t}{ci}}}'
-        for a, b, fid, h, ad, p1, p2, b1, b2, s1, s2, e1, e2, ag, st, al, t, ci in zip(
+        f'"age":{ag},"state":"{st}{close}{al}{flow_end}{x}{t}{ci}}}'
+        for a, b, fid, h, ad, p1, p2, b1, b2, s1, s2, e1, e2, ag, st, al, x, t, ci in zip(
             ts_s, ts_u, c["flow_id"].tolist(), head.tolist(), addr.tolist(),
             c["pkts_ts"].tolist(), c["pkts_tc"].tolist(), c["bytes_ts"].tolist(),
             c["bytes_tc"].tolist(), st_s, st_u, en_s, en_u, age, state, alerted,
-            tail.tolist(), cid_part, strict=True)
+            after_flow if after_flow is not None else [""] * n, tail.tolist(), cid_part,
+            strict=True)
     ]
 
 

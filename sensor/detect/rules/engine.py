@@ -39,6 +39,9 @@ from .parser import Rule
 from .payload import match_payload
 from .prefilter import Prefilter, fast_pattern
 from .stream import Session, flush, on_packet
+from .streamsize import SS_SESSION, final_sizes
+from .streamsize import add_columns as add_stream_size_columns
+from .streamsize import update as stream_size_update
 from .threshold_config import ThresholdConfig, load_threshold_config
 from .thresholding import Thresholds
 
@@ -94,13 +97,13 @@ def _header_key(r: Rule) -> tuple:
 def _prekey(r: Rule) -> tuple:
     return (_header_key(r), r.flow, r.dsize, r.ttl, r.itype, r.icode, r.icmp_id, r.icmp_seq,
             r.ip_proto, r.ip_id, r.window, r.seq, r.ack, r.tos, r.sameip, r.flags, r.fragbits,
-            r.ml_class, r.ml_score)
+            r.ml_class, r.ml_score, r.stream_size)
 
 
 def _packet_keywords(r: Rule) -> tuple:
     """The rule's tests on a packet's own header fields (None where absent)."""
     return (r.dsize, r.ttl, r.itype, r.icode, r.icmp_id, r.icmp_seq, r.ip_proto, r.ip_id,
-            r.window, r.seq, r.ack, r.tos, r.flags, r.fragbits)
+            r.window, r.seq, r.ack, r.tos, r.flags, r.fragbits, r.stream_size or None)
 
 
 def _verdict(c: dict[str, np.ndarray], rows: np.ndarray,
@@ -124,9 +127,7 @@ def _is_iponly(r: Rule) -> bool:
         return False
     if not (r.src_ports.literal_any and r.dst_ports.literal_any):
         return False
-    keywords = (r.dsize, r.ttl, r.itype, r.icode, r.icmp_id, r.icmp_seq, r.ip_proto,
-                r.ip_id, r.window, r.seq, r.ack, r.tos, r.flags, r.fragbits)
-    return all(k is None for k in keywords) and not r.sameip
+    return all(k is None for k in _packet_keywords(r)) and not r.sameip
 
 
 def _is_like_iponly(r: Rule) -> bool:
@@ -137,9 +138,7 @@ def _is_like_iponly(r: Rule) -> bool:
         return False
     if any(fb.command in ("isset", "isnotset") for fb in r.flowbits):
         return False
-    keywords = (r.dsize, r.ttl, r.itype, r.icode, r.icmp_id, r.icmp_seq, r.ip_proto,
-                r.ip_id, r.window, r.seq, r.ack, r.tos, r.flags, r.fragbits)
-    return all(k is None for k in keywords) and not r.sameip
+    return all(k is None for k in _packet_keywords(r)) and not r.sameip
 
 
 def _stream_flags(r: Rule) -> dict[str, bool]:
@@ -264,6 +263,8 @@ class View:
     outer: np.ndarray | None = None  # tunnelled packets: EVE `tunnel` object per packet
     ml_class: np.ndarray | None = None  # the flow's model verdict (see _verdict); None: no
     ml_score: np.ndarray | None = None  # model stage or no ml.* rule
+    ss_client: np.ndarray | None = None  # stream_size: next_seq - isn per side (int64,
+    ss_server: np.ndarray | None = None  # -1: no TCP session); None: no stream_size rule
 
     def __len__(self) -> int:
         return len(self.slot)
@@ -487,6 +488,7 @@ class RuleStage:
             cr.alert_json = dumps({**sig, "metadata": cr.metadata} if cr.metadata else sig)
         self.header_rules = [cr.order for cr in self.rules if not cr.has_payload]
         self.has_ml = any(uses_ml(cr.rule) for cr in self.rules)
+        self.has_stream_size = any(cr.rule.stream_size for cr in self.rules)
         # ml.* rules about the flow only (no payload, no packet header test): they also get
         # a flow-end look at the final verdict (on_flows_ended)
         self.ml_flow_end = [o for o in self.header_rules if uses_ml(self.rules[o].rule) and
@@ -540,6 +542,8 @@ class RuleStage:
             flows.add_column("rs_stream", np.uint8, STREAM_UNDECIDED)
         else:  # decided by another ruleset (a reload): decide again on the next packet
             flows.cols["rs_stream"][:] = STREAM_UNDECIDED
+        if self.has_stream_size:  # stream_size: the TCP session's sequence numbers
+            add_stream_size_columns(flows)
         if self.has_ml and "rs_ml_cls" not in flows.cols:  # the verdict packets last saw
             flows.add_column("rs_ml_cls", np.int16, -2)
             flows.add_column("rs_ml_score", np.float32, -2.0)
@@ -620,6 +624,7 @@ class RuleStage:
         is_tcp = proto == PROTO_TCP
         # flow mode, decided on the flow's first packet
         first = upd.pkt_no == 1
+        pickup = np.zeros(len(idx), dtype=bool)  # stream_size: a session picked up midstream
         if first.any():
             syn = is_tcp & ((flags & 0x12) == 0x02)
             policy_ignore = self.midstream_policy in ("ignore", "auto")
@@ -633,6 +638,11 @@ class RuleStage:
             # a session picked up on a SYN/ACK: its sender is the server (Suricata swaps)
             swap = (mode == MODE_MIDSTREAM) & ((flags & 0x12) == 0x12)
             c["rs_swap"][slot[first]] = swap[first]
+            if self.has_stream_size:  # Suricata keeps a TCP session from a SYN (or pickup)
+                # midstream: picked up on a packet with ACK (not on a bare FIN, nor a RST)
+                pickup = (first & is_tcp & ~syn & ((flags & 0x14) == 0x10) &
+                          (mode != MODE_IGNORED) & self.midstream)
+                c["ss_bits"][slot[first & (syn | pickup)]] |= SS_SESSION
         mode = c["rs_mode"][slot]
         active = (mode != MODE_IGNORED) & ~c["rs_pass"][slot]
         to_server = upd.to_server ^ c["rs_swap"][slot]
@@ -662,6 +672,10 @@ class RuleStage:
             ip_id=d.ip_id[idx], tos=d.tos[idx], frag_bits=d.frag_bits[idx],
             vlan0=d.vlan0[idx], active=active, pcap_cnt=cnt,
             pkt_src=getattr(batch, "pkt_src", "wire/pcap"), outer=_outer(batch, idx))
+        if self.has_stream_size:
+            view.ss_client, view.ss_server = stream_size_update(
+                c, slot, is_tcp, to_server, flags, view.tcp_seq, view.tcp_ack, view.plen,
+                pickup)
         if self.has_ml:  # the model stage ran first: this batch's closed windows count
             view.ml_class, view.ml_score = _verdict(c, slot)
             if view.ml_class is not None:
@@ -912,6 +926,20 @@ class RuleStage:
                     out &= r.ml_class.mask(v.ml_class, self.ml_classes or ())
                 if r.ml_score is not None:
                     out &= r.ml_score.mask(v.ml_score)
+        if r.stream_size:
+            if v.ss_client is None or v.ss_server is None:
+                out &= False
+            else:
+                out &= tcp & (v.ss_client >= 0)
+                for ss in r.stream_size:
+                    if ss.side == "client":
+                        out &= ss.cmp.mask(v.ss_client)
+                    elif ss.side == "server":
+                        out &= ss.cmp.mask(v.ss_server)
+                    elif ss.side == "both":
+                        out &= ss.cmp.mask(v.ss_client) & ss.cmp.mask(v.ss_server)
+                    else:
+                        out &= ss.cmp.mask(v.ss_client) | ss.cmp.mask(v.ss_server)
         if r.fragbits is not None:
             fb = r.fragbits
             pb = v.frag_bits.astype(np.int64)
@@ -1327,6 +1355,8 @@ class RuleStage:
             pcap_cnt=np.full(n, -1, dtype=np.int64), pkt_src="stream (flow timeout)")
         if self.has_ml:
             v.ml_class, v.ml_score = _verdict(c, rows)
+        if self.has_stream_size and "ss_bits" in c:  # the session as the flow ended
+            v.ss_client, v.ss_server = final_sizes(c, rows)
         units = [(i, UNIT_STREAM, p[2]) for i, p in enumerate(pseudo)]
         self._added = np.zeros(n, dtype=bool)
         return self._run(v, units, None, None, ended, rows)

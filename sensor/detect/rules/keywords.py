@@ -250,6 +250,34 @@ def parse_u16(value: str | None, keyword: str) -> IntMatch:
     return parse_uint(value or "", 16, keyword)
 
 
+# --- stream_size ----------------------------------------------------------------------
+
+_STREAM_SIZE = re.compile(r"^ *([A-Za-z]*) *, *(>=|<=|>|<|!=|!|=) *, *(\d+) *$")
+STREAM_SIZE_SIDES = ("server", "client", "both", "either")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSize:
+    """stream_size: side ('server'/'client'/'both'/'either') and the comparison of that
+    side's `next_seq - isn` (unsigned 32 bit, as Suricata's DetectStreamSizeMatch)."""
+
+    side: str
+    cmp: IntMatch
+
+
+def parse_stream_size(value: str | None) -> StreamSize:
+    """Suricata 7.0.10's grammar (rust detect_parse_stream_size, checked with `suricata
+    -T`): lowercase side, an operator (no bare number, no range), a decimal u32; spaces
+    (not tabs) around the commas."""
+    m = _STREAM_SIZE.match(value or "")
+    if not m or m.group(1) not in STREAM_SIZE_SIDES or int(m.group(3)) > 0xFFFFFFFF:
+        raise RuleSyntaxError(f"invalid stream_size '{value}' (want "
+                              "<server|client|both|either>,<op>,<number>)")
+    mode = {"=": "eq", "!": "ne", "!=": "ne", "<": "lt", "<=": "le", ">": "gt",
+            ">=": "ge"}[m.group(2)]
+    return StreamSize(m.group(1), IntMatch(mode, int(m.group(3))))
+
+
 # --- threshold / detection_filter -----------------------------------------------------
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,9 @@
 """Suricata 7 rule text -> frozen `Rule` objects.
 
 Only the packet-level subset is accepted (protocols ip/tcp/udp/icmp, payload content/pcre,
-header keywords, flow, flowbits, thresholds, and netsensor's `ml.class`/`ml.score` on the
-model's flow verdict). Anything else is rejected with the keyword
-named, because a rule silently loaded with a different meaning is worse than no rule.
+header keywords, flow, flowbits, stream_size, thresholds, and netsensor's
+`ml.class`/`ml.score` on the model's flow verdict). Anything else is rejected with the
+keyword named, because a rule silently loaded with a different meaning is worse than no rule.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from .keywords import (
     Flow,
     Flowbit,
     FragBits,
+    StreamSize,
     TcpFlags,
     Threshold,
     parse_detection_filter,
@@ -31,6 +32,7 @@ from .keywords import (
     parse_metadata,
     parse_plain_uint,
     parse_reference,
+    parse_stream_size,
     parse_threshold,
     parse_tos,
     parse_u8,
@@ -56,7 +58,8 @@ _SINGLE = {
     "ml.class": "ml_class", "ml.score": "ml_score",  # netsensor: the model's flow verdict
 }
 SUPPORTED_KEYWORDS = frozenset(_SINGLE) | CONTENT_MODIFIERS | frozenset(
-    {"content", "pcre", "isdataat", "metadata", "reference", "flowbits", "noalert"})
+    {"content", "pcre", "isdataat", "metadata", "reference", "flowbits", "noalert",
+     "stream_size"})
 _NO_VALUE = frozenset({"sameip", "noalert", "nocase", "rawbytes"})
 
 
@@ -106,6 +109,7 @@ class Rule:
     sameip: bool = False
     flags: TcpFlags | None = None
     fragbits: FragBits | None = None
+    stream_size: tuple[StreamSize, ...] = ()  # all must hold (Suricata allows several)
     threshold: Threshold | None = None
     detection_filter: Threshold | None = None
     ml_class: MlClass | None = None
@@ -277,6 +281,7 @@ def _parse_options(options: list[tuple[str, str | None]], proto: str) -> dict:
     flowbits: list[Flowbit] = []
     metadata: list[tuple[str, str]] = []
     refs: list[tuple[str, str]] = []
+    stream_size: list[StreamSize] = []
     noalert = False
     for raw_name, value in options:
         kw = raw_name.lower()
@@ -304,6 +309,8 @@ def _parse_options(options: list[tuple[str, str | None]], proto: str) -> dict:
                 flowbits.append(fb)
         elif kw == "noalert":
             noalert = True
+        elif kw == "stream_size":
+            stream_size.append(parse_stream_size(value))
         else:
             f[_SINGLE[kw]] = _single(kw, value, proto)
     if "sid" not in f:
@@ -312,7 +319,7 @@ def _parse_options(options: list[tuple[str, str | None]], proto: str) -> dict:
         raise RuleSyntaxError("threshold and detection_filter cannot be used together")
     _check_flowbits(flowbits)
     f.update(payload=payload.finish(), flowbits=tuple(flowbits), metadata=tuple(metadata),
-             references=tuple(refs), noalert=noalert)
+             references=tuple(refs), noalert=noalert, stream_size=tuple(stream_size))
     return f
 
 

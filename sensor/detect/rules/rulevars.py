@@ -1,4 +1,5 @@
-"""Rule variables ($HOME_NET, $HTTP_PORTS, ...) with Suricata 7's suricata.yaml defaults.
+"""Rule variables ($HOME_NET, $HTTP_PORTS, ...) with Suricata 7's suricata.yaml defaults
+(plus $BULK_PORTS, which netsensor's own ruleset uses).
 
 Suricata keeps address and port variables apart (`vars.address-groups` and
 `vars.port-groups`); so do we, so `$HTTP_PORTS` in an address position is an error there
@@ -42,6 +43,11 @@ DEFAULT_PORT_VARS: dict[str, str] = {
     "GENEVE_PORTS": "6081",
     "VXLAN_PORTS": "4789",
     "TEREDO_PORTS": "3544",
+    # not in Suricata's suricata.yaml: netsensor's own ruleset (sid 1000050, large uploads)
+    # needs it, and a shipped rule must load with the built-in config too. Ports where a
+    # site expects bulk uploads: ssh/scp, HTTP(S), SMB, rsync, NFS, iperf3. Set it for your
+    # site in vars.port_groups (and in suricata.yaml to run the ruleset there).
+    "BULK_PORTS": "[22,80,443,445,873,2049,5201:5203]",
 }
 
 
