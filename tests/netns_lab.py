@@ -1,10 +1,11 @@
-"""Shared by the live tests: two network namespaces joined by a veth pair, and a work
-directory an unprivileged daemon can reach. Namespaces and directories are removed
-afterwards, also on failure; nothing leaves the namespaces."""
+"""Shared by the live tests: two network namespaces joined by a veth pair, entering one
+from this thread, and a work directory an unprivileged daemon can reach. Namespaces and
+directories are removed afterwards, also on failure; nothing leaves the namespaces."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import shutil
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 _serial = itertools.count()
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
 
 
 class VethLab:
@@ -61,6 +64,26 @@ class VethLab:
             yield self
         finally:
             self.teardown()
+
+
+@contextlib.contextmanager
+def netns(name: str) -> Iterator[None]:
+    """Run the block with this thread in network namespace `name` (setns(2)); a socket
+    created there stays in that namespace after the thread has gone back."""
+    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({name}): {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if _libc.setns(orig, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the original namespace")
+    finally:
+        os.close(target)
+        os.close(orig)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,17 @@ def replay_frames(tmp_path: Path, frames: Sequence[bytes], times: Sequence[float
     return replay(write_pcap(tmp_path / name, frames, times), cfg, batch_size)
 
 
+@cache
+def _eve_validator() -> Any:
+    jsonschema = pytest.importorskip("jsonschema")
+    return jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+
+
 def assert_eve_schema(events: Sequence[dict[str, Any]]) -> None:
-    """Every event validates against Suricata 7.0.10's EVE schema (where ../shared has it)."""
+    """Every event validates against Suricata 7.0.10's EVE schema (where ../shared has it;
+    a test that needs the schema asserts SCHEMA.exists() first). Skips without jsonschema."""
     if SCHEMA.exists():
-        jsonschema = pytest.importorskip("jsonschema")
-        v = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
+        v = _eve_validator()
         for e in events:
             errs = list(v.iter_errors(e))
-            assert not errs, (e, errs[0].message)
+            assert not errs, (e, errs[0].message, list(errs[0].path))

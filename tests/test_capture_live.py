@@ -7,9 +7,6 @@ from the original namespace. Needs root and iproute2 `ip netns`.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import itertools
 import os
 import shutil
 import socket
@@ -21,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from netns_lab import VethLab, netns
 
 from sensor.capture import BATCH_PAD, CaptureError, PacketBatch
 from sensor.capture.live import LiveCapture, compile_bpf
 
 IP_A, IP_B = "10.77.0.1", "10.77.0.2"
-CLONE_NEWNET = 0x40000000
 REPO = Path(__file__).resolve().parents[1]
 
 if os.geteuid() != 0:
@@ -34,62 +31,11 @@ if os.geteuid() != 0:
 if not shutil.which("ip"):
     pytest.skip("iproute2 `ip` not installed", allow_module_level=True)
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_serial = itertools.count()
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
-@contextlib.contextmanager
-def netns(name: str):
-    """Run the block with this thread in network namespace `name`."""
-    orig = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(target, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({name}): {os.strerror(err)}")
-        try:
-            yield
-        finally:
-            if _libc.setns(orig, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back to the original namespace")
-    finally:
-        os.close(target)
-        os.close(orig)
-
-
-class Pair:
+class Pair(VethLab):
     """Namespaces ns_a and ns_b, veth va (in ns_a, IP_A) <-> vb (in ns_b, IP_B)."""
 
     def __init__(self) -> None:
-        tag = f"{os.getpid()}x{next(_serial)}"
-        self.ns_a, self.ns_b = f"nsenA{tag}", f"nsenB{tag}"
-        self.va, self.vb = f"va{tag}"[:15], f"vb{tag}"[:15]
-        self.namespaces: list[str] = []
-
-    def setup(self) -> None:
-        for ns in (self.ns_a, self.ns_b):
-            res = _ip("netns", "add", ns, check=False)
-            if res.returncode != 0:
-                pytest.skip(f"cannot create network namespace: {res.stderr.strip()}")
-            self.namespaces.append(ns)
-            # No IPv6 on the links: no router/neighbour solicitations in the captures.
-            _ip("netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1", check=False)
-        res = _ip("link", "add", self.va, "netns", self.ns_a, "type", "veth",
-                  "peer", "name", self.vb, "netns", self.ns_b, check=False)
-        if res.returncode != 0:
-            pytest.skip(f"cannot create veth pair: {res.stderr.strip()}")
-        for ns, dev, addr in ((self.ns_a, self.va, IP_A), (self.ns_b, self.vb, IP_B)):
-            self.exec(ns, "ip", "addr", "add", f"{addr}/24", "dev", dev)
-            self.exec(ns, "ip", "link", "set", dev, "up")
-            self.exec(ns, "ip", "link", "set", "lo", "up")
-
-    def exec(self, ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-        return _ip("netns", "exec", ns, *cmd, check=check)
+        super().__init__("nsen", "v", IP_A, IP_B)
 
     def capture(self, **kw) -> LiveCapture:
         with netns(self.ns_b):
@@ -103,21 +49,14 @@ class Pair:
         return s
 
     def ping(self, count: int, target: str = IP_B) -> None:
-        self.exec(self.ns_a, "ping", "-c", str(count), "-i", "0.05", "-W", "2", "-q", target)
-
-    def teardown(self) -> None:
-        for ns in self.namespaces:
-            _ip("netns", "del", ns, check=False)
+        self.ip("netns", "exec", self.ns_a, "ping", "-c", str(count), "-i", "0.05", "-W", "2",
+                "-q", target)
 
 
 @pytest.fixture
 def pair():
-    p = Pair()
-    try:
-        p.setup()
+    with Pair().running() as p:
         yield p
-    finally:
-        p.teardown()
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -360,7 +299,7 @@ def test_fanout_defrag(pair, defrag):
 
 def test_promiscuous_mode_follows_socket(pair):
     def promiscuity() -> int:
-        out = pair.exec(pair.ns_b, "ip", "-d", "link", "show", pair.vb).stdout.split()
+        out = pair.ip("-n", pair.ns_b, "-d", "link", "show", pair.vb).stdout.split()
         return int(out[out.index("promiscuity") + 1])
 
     assert promiscuity() == 0
@@ -411,9 +350,9 @@ def test_vlan_tags_restored(pair):
 
 def test_link_down_then_interface_removed(pair):
     with pair.capture(bpf="udp", batch_ms=50) as cap:
-        pair.exec(pair.ns_b, "ip", "link", "set", pair.vb, "down")
+        pair.ip("-n", pair.ns_b, "link", "set", pair.vb, "down")
         assert len(cap.next_batch()) == 0  # a downed link is not an error
-        pair.exec(pair.ns_b, "ip", "link", "set", pair.vb, "up")
+        pair.ip("-n", pair.ns_b, "link", "set", pair.vb, "up")
         time.sleep(0.2)
         tx = pair.udp_socket(pair.ns_a, IP_A)
         deadline = time.monotonic() + 5
@@ -424,7 +363,7 @@ def test_link_down_then_interface_removed(pair):
         tx.close()
         assert got and got[0]["payload"] == b"again"
 
-        pair.exec(pair.ns_b, "ip", "link", "del", pair.vb)
+        pair.ip("-n", pair.ns_b, "link", "del", pair.vb)
         with pytest.raises(CaptureError) as info:
             for _ in range(20):
                 cap.next_batch()

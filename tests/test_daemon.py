@@ -32,11 +32,11 @@ from pathlib import Path
 import pytest
 import yaml
 from netns_lab import VethLab, reachable_tmpdir
+from replay_helpers import assert_eve_schema
 from syslogd import Rsyslogd, rsyslogd_path
 
 IP_A, IP_B = "10.79.0.1", "10.79.0.2"
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO.parent / "shared" / "eve-schema" / "schema-7.0.10.json"
 
 if os.geteuid() != 0:
     pytest.skip("daemon tests need root (AF_PACKET, ip netns)", allow_module_level=True)
@@ -310,11 +310,7 @@ def test_ready_http_flows_watchdog_and_shutdown(lab: Lab, work: Path) -> None:
     stats = _final_stats(events)
     assert stats["capture"]["kernel_drops"] == 0
     assert stats["capture"]["kernel_packets"] >= stats["decoder"]["pkts"] > 0
-    if SCHEMA.exists():
-        jsonschema = pytest.importorskip("jsonschema")
-        validator = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
-        for e in events:
-            validator.validate(e)
+    assert_eve_schema(events)
 
 
 # One flow per source port, each bound explicitly (ephemeral ports may be handed out again).
