@@ -58,7 +58,7 @@ def main() -> int:
     rows, missed = [], []
     seconds = false = 0.0
     for spec in test_captures():
-        pcap, labels = parse_capture(spec)
+        pcap, labels = parse_capture(str(REPO / spec))  # the recipe's paths are repo-relative
         if labels is None:
             print(f"eval_test: {pcap}: no labels file beside it", file=sys.stderr)
             return 2
@@ -76,9 +76,9 @@ def main() -> int:
         b = r["benign"]
         seconds += r["capture_s"]
         false += b["false_alerts"]
-        rows.append(f"| `{pcap}` | {len(atk)} | {det} | {b['false_alerts']} | "
+        rows.append(f"| `{spec}` | {len(atk)} | {det} | {b['false_alerts']} | "
                     f"{r['capture_s']:.0f} |")
-        print(f"{pcap}: {det}/{len(atk)} detected, {b['false_alerts']} false alerts",
+        print(f"{spec}: {det}/{len(atk)} detected, {b['false_alerts']} false alerts",
               file=sys.stderr)
     n = sum(f["instances"] for f in fam.values())
     d = sum(f["detected"] for f in fam.values())

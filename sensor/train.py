@@ -899,6 +899,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         log("test:")
         te = load_split(args.test, wcfg, log)
     left_out = [f for f in args.leave_out.split(",") if f]
+    unknown = sorted(set(left_out) - set(tr.family.tolist()) - set(va.family.tolist()))
+    if unknown or BENIGN in left_out:
+        print(f"netsensor: --leave-out {','.join(unknown or [BENIGN])}: not an attack family "
+              "of the training or validation labels", file=sys.stderr)
+        return 2
     if left_out:
         tr = tr.subset(~np.isin(tr.family, left_out))
         va = va.subset(~np.isin(va.family, left_out))

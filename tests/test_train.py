@@ -74,3 +74,47 @@ def test_smoke_training_run(tmp_path):
         assert needle in text
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["onnx_diff"] < 1e-4
+
+
+def test_leave_out_drops_families_and_refuses_unknown_ones(tmp_path, capsys):
+    """`--leave-out a,b` trains without those families (no such class, said in the card);
+    a name that is no family of the labels is a one-line error, not a silent no-op."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    p = argparse.ArgumentParser()
+    add_train_parser(p.add_subparsers(dest="cmd"))
+    base = ["train", "--train", str(SAMPLE), "--val", str(SAMPLE), "--test", str(SAMPLE),
+            "--epochs", "1", "--no-plots", "-o", str(tmp_path / "m.onnx"),
+            "--card", str(tmp_path / "README.md")]
+    args = p.parse_args([*base, "--leave-out", "nosuch"])
+    assert args.fn(args) == 2
+    err = capsys.readouterr().err
+    assert "--leave-out nosuch: not an attack family" in err and "Traceback" not in err
+    args = p.parse_args([*base, "--leave-out", "slow-dos,flood"])
+    assert args.fn(args) == 0
+    _, contract = load_model(tmp_path / "m.onnx", window=WindowConfig())
+    assert "slow-dos" not in contract.classes and "flood" not in contract.classes
+    assert "port-scan" in contract.classes
+    assert "Left out of training and validation: slow-dos, flood" in (
+        tmp_path / "README.md").read_text()
+
+
+def test_shipped_recipe_captures_exist_with_labels():
+    """models/train-args.txt (the shipped recipe, also read by models/lofo.py and
+    models/eval_test.py) names captures that exist, each with its labels file, and no
+    capture sits in two splits."""
+    import importlib.util
+    import shlex
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("eval_test", root / "models" / "eval_test.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    test = mod.test_captures()
+    assert len(test) >= 5
+    words = shlex.split((root / "models" / "train-args.txt").read_text())
+    caps = [w for w in words if w.endswith((".pcap", ".pcap.gz"))]
+    assert len(caps) == len(set(caps)) and set(test) <= set(caps)
+    for c in caps:
+        pcap, labels = parse_capture(str(root / c))
+        assert Path(pcap).is_file() and labels is not None and Path(labels).is_file(), c
