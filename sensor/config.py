@@ -83,6 +83,9 @@ class ModelConfig:
     path: str = ""  # ONNX file; "" = the shipped models/netsensor-cnnlstm.onnx
     threads: int = 1  # onnxruntime intra-op threads
     aggregate_seconds: float = 60.0  # one alert per (source, class) per this many seconds
+    # ... unless the (source, class) went quiet this long (no window over threshold): then
+    # its next windows are a new episode and alert again (0 = off)
+    aggregate_quiet_seconds: float = 5.0
     # windows over threshold from one (source, class) within a period before its first alert
     min_windows: int = 2
     batch_size: int = 512  # most windows per onnxruntime call (sorted by length)

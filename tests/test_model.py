@@ -227,10 +227,12 @@ def test_offer_many_equals_offer_one_by_one():
     """The batch path of the aggregator (skips a running period in one step) decides exactly
     what offering each window in turn decides."""
     rng = np.random.default_rng(7)
-    for min_windows in (1, 2, 3):
+    for min_windows, quiet in ((1, 0), (2, 0), (3, 0), (2, 1_000_000), (1, 300_000)):
         ts = np.sort(rng.integers(0, 400_000_000, 3000)).astype(np.int64)
         ts[100:400] = ts[100]  # a burst of windows ending together
-        one, many = (AlertAggregator(60_000_000, min_windows=min_windows) for _ in range(2))
+        ts[1000:] += 5_000_000  # and a quiet gap
+        one, many = (AlertAggregator(60_000_000, min_windows=min_windows, quiet_us=quiet)
+                     for _ in range(2))
         want = [(i, c) for i, t in enumerate(ts.tolist())
                 if (c := one.offer(("a", "flood"), t)) is not None]
         pos, counts, suppressed = many.offer_many(("a", "flood"), ts)
@@ -300,6 +302,23 @@ def test_explain_windows_equals_one_at_a_time():
                                                                   "sequence": sq})[0][:, k],
                              img, seq)
         assert got == one
+
+
+def test_aggregator_quiet_gap_starts_a_new_episode():
+    """Two scans from one source 20 s apart inside one 60 s period: one alert without the
+    quiet rule, two with it (each after its own 2 windows of evidence); a scan running
+    without a gap still gives one alert per period."""
+    s = 1_000_000
+    first = [0, s // 2, s, 2 * s]
+    second = [22 * s, 22 * s + s // 2, 23 * s]
+    for quiet, want in ((0, [2]), (10 * s, [2, 4])):  # 4: the 2 suppressed are counted
+        agg = AlertAggregator(60 * s, min_windows=2, quiet_us=quiet)
+        got = [c for t in first + second if (c := agg.offer(("a", "port-scan"), t))]
+        assert got == want
+    agg = AlertAggregator(60 * s, min_windows=2, quiet_us=10 * s)
+    steady = np.arange(0, 150 * s, 2 * s)  # a window every 2 s for 150 s
+    pos, counts, _ = agg.offer_many(("a", "port-scan"), steady)
+    assert [int(steady[p]) // s for p in pos] == [2, 64, 126]
 
 
 class FakeSession:

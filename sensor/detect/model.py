@@ -211,13 +211,21 @@ class AlertAggregator:
     raises the next alert, whose count covers itself plus every window suppressed since the
     previous alert. So a 10,000-port scan lasting two minutes gives about three alerts, the
     later ones saying how many windows they stand for.
+
+    Episodes: when a key had no window over threshold for `quiet_us` (0: never), its next
+    window starts a new episode, which alerts again (after `min_windows` windows) even inside
+    the period. A scan that follows another from the same source seconds after it ended is a
+    new attack to the analyst, not more of the old one; a running attack has no such gap.
     """
 
-    def __init__(self, period_us: int, max_keys: int = 65536, min_windows: int = 1):
+    def __init__(self, period_us: int, max_keys: int = 65536, min_windows: int = 1,
+                 quiet_us: int = 0):
         self.period_us = int(period_us)
         self.max_keys = max_keys
         self.min_windows = max(1, int(min_windows))
-        # key -> [last alert ts (or None), suppressed since, first pending ts, pending count]
+        self.quiet_us = max(0, int(quiet_us))
+        # key -> [last alert ts (or None), suppressed since, first pending ts, pending count,
+        #         last window ts]
         self.state: dict[tuple, list] = {}
 
     def offer(self, key: tuple, ts_us: int) -> int | None:
@@ -226,11 +234,14 @@ class AlertAggregator:
         if st is None:
             if len(self.state) >= self.max_keys:
                 self._prune(ts_us)
-            st = self.state[key] = [None, 0, ts_us, 0]
+            st = self.state[key] = [None, 0, ts_us, 0, ts_us]
+        if self.quiet_us > 0 and ts_us - st[4] >= self.quiet_us:
+            st[0] = None  # a new episode: the last alert's period no longer covers it
+        st[4] = max(st[4], ts_us)
         if st[0] is not None and ts_us - st[0] < self.period_us and self.period_us > 0:
             st[1] += 1
             return None
-        if st[3] and ts_us - st[2] >= self.period_us:  # stale evidence: start again
+        if st[3] and ts_us - st[2] >= self.period_us:  # stale evidence
             st[3] = 0
         if not st[3]:
             st[2] = ts_us
@@ -250,14 +261,21 @@ class AlertAggregator:
         i, n = 0, len(ts_us)
         while i < n:
             st = self.state.get(key)
+            t = int(ts_us[i])
             if st is not None and st[0] is not None and self.period_us > 0 \
-                    and int(ts_us[i]) - st[0] < self.period_us:
+                    and t - st[0] < self.period_us \
+                    and not (self.quiet_us > 0 and t - st[4] >= self.quiet_us):
                 j = int(np.searchsorted(ts_us, st[0] + self.period_us, side="left"))
+                if self.quiet_us > 0 and j - i > 1:  # an episode ends at a quiet gap
+                    gap = np.flatnonzero(np.diff(ts_us[i:j]) >= self.quiet_us)
+                    if len(gap):
+                        j = i + int(gap[0]) + 1
                 st[1] += j - i
+                st[4] = max(st[4], int(ts_us[j - 1]))
                 suppressed += j - i
                 i = j
                 continue
-            count = self.offer(key, int(ts_us[i]))
+            count = self.offer(key, t)
             if count is not None:
                 pos.append(i)
                 counts.append(count)
@@ -500,7 +518,8 @@ class ModelStage:
         self.thr = np.array([2.0] + [contract.thresholds[c] for c in self.classes[1:]],
                             dtype=np.float32)  # benign never alerts
         self.agg = AlertAggregator(int(cfg.model.aggregate_seconds * 1_000_000),
-                                   min_windows=cfg.model.min_windows)
+                                   min_windows=cfg.model.min_windows,
+                                   quiet_us=int(cfg.model.aggregate_quiet_seconds * 1_000_000))
         self.explain = cfg.model.explain
         self.table: FlowTable | None = None
         self.cid = cfg.outputs.eve.community_id
