@@ -196,21 +196,10 @@ def image(data: np.ndarray, n_packets: np.ndarray, n: int, m: int) -> np.ndarray
     return scale_bytes(masked_bytes(data, n_packets, n, m))
 
 
-def window_times(ts_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(inter-arrival, time since the window's first packet), float64 [B, n] in us, from the
-    windows' packet times [B, n] (padding rows hold whatever; only real packets are used)."""
-    ts = ts_us.astype(np.int64)
-    iat = np.zeros(ts.shape, dtype=np.float64)
-    if ts.shape[1] > 1:
-        iat[:, 1:] = np.maximum(ts[:, 1:] - ts[:, :-1], 0)
-    rel = np.maximum(ts - ts[:, :1], 0).astype(np.float64)
-    return iat, rel
-
-
 def packet_times(ts_us: np.ndarray, first: np.ndarray, counts: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """`window_times` of flat packet rows (window b = rows first[b] .. + counts[b] - 1): the
-    same values as the padded form's real packets, float64 [P] each."""
+    """(inter-arrival, time since the window's first packet) in us, float64 [P], of flat
+    packet rows in time order (window b = rows first[b] .. first[b] + counts[b] - 1)."""
     ts = np.asarray(ts_us, dtype=np.int64)
     win = np.repeat(np.arange(len(counts)), counts)
     start = first[win]
@@ -229,7 +218,7 @@ def fit_width(rows: np.ndarray, m: int) -> np.ndarray:
 
 def packet_sequence(p: dict[str, np.ndarray], iat: np.ndarray, rel: np.ndarray) -> np.ndarray:
     """Sequence features float32 [P, N_SEQ] of real packets (one row each): their window
-    fields and `window_times`. Each row depends on its packet alone (and those times)."""
+    fields and `packet_times`. Each row depends on its packet alone (and those times)."""
     out = np.zeros((len(iat), N_SEQ), dtype=np.float32)
     proto = p["proto"].astype(np.int32)
     is_tcp = proto == 6
@@ -255,10 +244,12 @@ def sequence(pkts: dict[str, np.ndarray], n_packets: np.ndarray, n: int) -> np.n
     rows are zero."""
     p = {k: _fit(np.asarray(v), n) for k, v in pkts.items()}
     b = len(n_packets)
-    valid = np.arange(n)[None, :] < np.minimum(n_packets, n)[:, None]
+    counts = np.clip(n_packets, 0, n).astype(np.int64)
+    valid = np.arange(n)[None, :] < counts[:, None]
     out = np.zeros((b, n, N_SEQ), dtype=np.float32)
-    iat, rel = window_times(p["ts_us"])
-    out[valid] = packet_sequence({k: v[valid] for k, v in p.items()}, iat[valid], rel[valid])
+    rows = {k: v[valid] for k, v in p.items()}
+    iat, rel = packet_times(rows["ts_us"], np.cumsum(counts) - counts, counts)
+    out[valid] = packet_sequence(rows, iat, rel)
     return out
 
 

@@ -314,12 +314,10 @@ def evaluate_baseline(ws, scores: np.ndarray, threshold: float, period_s: float,
     """Per-family instance recall and false alerts per hour, with the sensor's aggregation
     (one alert per source and period, after `min_windows` windows over threshold). An
     instance counts as detected as in `sensor.train.evaluate`."""
-    from .config import ModelConfig
     from .detect.model import AlertAggregator
 
     over = scores > threshold
-    agg = AlertAggregator(int(period_s * 1_000_000), min_windows=min_windows,
-                          quiet_us=int(ModelConfig().aggregate_quiet_seconds * 1_000_000))
+    agg = AlertAggregator.for_model(period_s, min_windows)
     false_alerts = 0
     alerted: set[int] = set()
     hits = np.flatnonzero(over)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from . import features
-from .config import Config, ModelConfig, WindowConfig
+from .config import Config, WindowConfig
 
 MODEL_NAME = "netsensor-cnnlstm"
 DEFAULT_OUT = "models/netsensor-cnnlstm.onnx"
@@ -440,8 +440,7 @@ def simulate_alerts(ws: WindowSet, probs: np.ndarray, classes: list[str],
     ratio = probs / thr[None, :]
     over = (ratio[:, 1:] >= 1.0).any(axis=1)
     cls = ratio[:, 1:].argmax(axis=1) + 1
-    agg = AlertAggregator(int(period_s * 1_000_000), min_windows=min_windows,
-                          quiet_us=int(ModelConfig().aggregate_quiet_seconds * 1_000_000))
+    agg = AlertAggregator.for_model(period_s, min_windows)
     alerts = []
     hits = np.flatnonzero(over)
     for j in hits[np.argsort(ws.end_us[hits], kind="stable")].tolist():

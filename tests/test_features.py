@@ -195,3 +195,13 @@ def test_window_packet_limit_is_model_n(tmp_path):
     wbs = windows_of(tmp_path, pk)
     counts = sorted(int(c) for w in wbs for c in w.n_packets)
     assert counts == [8, 32]
+
+
+def test_packet_times_restart_at_each_window():
+    """Inter-arrival and time since the window's first packet, per window of flat rows: the
+    first packet of a window has 0 for both, and out-of-order times clip to 0."""
+    ts = np.array([100, 150, 400, 7, 50, 40], dtype=np.int64)  # windows of 3, 1, 2 packets
+    counts = np.array([3, 1, 2])
+    iat, rel = features.packet_times(ts, np.cumsum(counts) - counts, counts)
+    assert iat.tolist() == [0, 50, 250, 0, 0, 0]
+    assert rel.tolist() == [0, 50, 300, 0, 0, 0]

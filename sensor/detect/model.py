@@ -228,6 +228,17 @@ class AlertAggregator:
         #         last window ts]
         self.state: dict[tuple, list] = {}
 
+    @classmethod
+    def for_model(cls, period_s: float, min_windows: int,
+                  quiet_s: float | None = None) -> AlertAggregator:
+        """The sensor's aggregation with these settings (quiet gap: the model config's
+        default unless given), as training and evaluation simulate it."""
+        from ..config import ModelConfig
+
+        quiet = ModelConfig().aggregate_quiet_seconds if quiet_s is None else quiet_s
+        return cls(int(period_s * 1_000_000), min_windows=min_windows,
+                   quiet_us=int(quiet * 1_000_000))
+
     def offer(self, key: tuple, ts_us: int) -> int | None:
         """Count to report when this window raises an alert, None when it is suppressed."""
         st = self.state.get(key)
@@ -517,9 +528,9 @@ class ModelStage:
         self.classes = contract.classes
         self.thr = np.array([2.0] + [contract.thresholds[c] for c in self.classes[1:]],
                             dtype=np.float32)  # benign never alerts
-        self.agg = AlertAggregator(int(cfg.model.aggregate_seconds * 1_000_000),
-                                   min_windows=cfg.model.min_windows,
-                                   quiet_us=int(cfg.model.aggregate_quiet_seconds * 1_000_000))
+        self.agg = AlertAggregator.for_model(cfg.model.aggregate_seconds,
+                                             cfg.model.min_windows,
+                                             cfg.model.aggregate_quiet_seconds)
         self.explain = cfg.model.explain
         self.table: FlowTable | None = None
         self.cid = cfg.outputs.eve.community_id
