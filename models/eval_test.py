@@ -26,19 +26,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sensor.train import parse_capture  # noqa: E402
+from sensor.train import add_train_parser, parse_capture  # noqa: E402
 
 
 def test_captures() -> list[str]:
-    """The `--test` captures of models/train-args.txt, in order."""
-    words = shlex.split((REPO / "models" / "train-args.txt").read_text())
-    out, on = [], False
-    for w in words:
-        if w.startswith("--"):
-            on = w == "--test"
-        elif on:
-            out.append(w)
-    return out
+    """The `--test` captures of models/train-args.txt, in order, read by `netsensor train`'s
+    own parser (as models/lofo.py reads the recipe)."""
+    p = argparse.ArgumentParser()
+    add_train_parser(p.add_subparsers(dest="cmd"))
+    recipe = shlex.split((REPO / "models" / "train-args.txt").read_text())
+    return list(p.parse_args(["train", *recipe]).test)
 
 
 def run_eval(pcap: str, labels: str, config: str) -> dict:

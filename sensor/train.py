@@ -611,6 +611,17 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _save_plot(fig, outdir: str, name: str) -> str:
+    """Lay out, write (outdir/name, 90 dpi) and close a card plot; returns its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = os.path.join(outdir, name)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def write_plots(outdir: str, res: dict, classes: list[str], test: WindowSet,
                 probs: np.ndarray, thresholds: dict[str, float], history: list[dict]) -> list[str]:
     try:
@@ -635,11 +646,7 @@ def write_plots(outdir: str, res: dict, classes: list[str], test: WindowSet,
     ax.set_xlabel("predicted (at thresholds)")
     ax.set_ylabel("true")
     ax.set_title("Test windows: confusion matrix")
-    fig.tight_layout()
-    p = os.path.join(outdir, "confusion.png")
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
-    made.append(p)
+    made.append(_save_plot(fig, outdir, "confusion.png"))
 
     k = len(classes) - 1
     fig, axes = plt.subplots(2, (k + 1) // 2, figsize=(3.2 * ((k + 1) // 2), 5.5), squeeze=False)
@@ -653,11 +660,7 @@ def write_plots(outdir: str, res: dict, classes: list[str], test: WindowSet,
         ax.set_title(c, fontsize=9)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Test windows: class score, benign vs class (red: threshold)")
-    fig.tight_layout()
-    p = os.path.join(outdir, "scores.png")
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
-    made.append(p)
+    made.append(_save_plot(fig, outdir, "scores.png"))
 
     if history:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -668,11 +671,7 @@ def write_plots(outdir: str, res: dict, classes: list[str], test: WindowSet,
             ax.plot(ep, [h["val_balanced_acc"] for h in history], label="val balanced acc")
         ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        p = os.path.join(outdir, "training.png")
-        fig.savefig(p, dpi=90)
-        plt.close(fig)
-        made.append(p)
+        made.append(_save_plot(fig, outdir, "training.png"))
     return made
 
 

@@ -667,9 +667,9 @@ class ModelStage:
         if raw.shape[1] != m:
             raw = features.fit_width(raw, m)
         rows = features.mask_packets(raw)
-        iat, rel = features.packet_times(wb.rows["ts_us"], wb.first, n_pk)
-        seq_rows = features.packet_sequence(wb.rows, iat, rel)
         first = wb.first  # each window's first row in rows / seq_rows
+        iat, rel = features.packet_times(wb.rows["ts_us"], first, n_pk)
+        seq_rows = features.packet_sequence(wb.rows, iat, rel)
         order = np.argsort(wb.n_packets, kind="stable")
         counts = np.maximum(wb.n_packets[order], 1)
         out = []
