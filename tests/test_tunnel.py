@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from replay_helpers import SCHEMA, assert_eve_schema, replay
+from replay_helpers import assert_eve_schema, replay, require_eve_schema
 
 from sensor.capture.pcap import PcapSource
 from sensor.decode import decode_batch
@@ -93,5 +93,5 @@ def test_alert_on_inner_packet_names_its_outer_packet(tmp_path: Path) -> None:
                              "proto": "GRE", "depth": 1, "pcap_cnt": 3, "pkt_src": "wire/pcap"}
     plain = by_src["10.12.0.1"]  # MPLS is decoded inline: no tunnel, the packet's own pcap_cnt
     assert "tunnel" not in plain and plain["pcap_cnt"] > 0
-    assert SCHEMA.exists()
+    require_eve_schema()
     assert_eve_schema(alerts)
