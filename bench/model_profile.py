@@ -51,7 +51,7 @@ def main() -> int:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         cfg = os.path.join(d, "on.yaml")
-        write_model_config(cfg, a.baseline)
+        write_model_config(cfg, a.baseline, "false")
         prof = cProfile.Profile()
         prof.enable()
         rc = cli_main(["replay", a.pcap, "-q", "-l", d, "-c", cfg])

@@ -21,7 +21,7 @@ from .capture.pcap import PcapSource
 from .config import Config, ConfigError, load_config
 from .decode import SUPPORTED_LINKTYPES
 from .output.sinks import EveFileSink, SinkError
-from .pipeline import Pipeline
+from .pipeline import Pipeline, StageFailure
 from .stages import StageError, build_stages
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE = 0, 1, 2
@@ -142,6 +142,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except SinkError as exc:
         _err(str(exc))
         return EXIT_USAGE
+    if cfg.model.enabled:
+        from .detect.model_process import use_model_process
+
+        stages = use_model_process(cfg, stages)
     pipe = Pipeline(cfg, sink, stages)
     progress = _replay_progress(args, cfg)
     errors: list[str] = []
@@ -158,7 +162,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             if signals.stop:
                 break
         pipe.finish()
-    except SinkError as exc:
+    except (SinkError, StageFailure) as exc:
         progress.close()
         _err(str(exc))
         return EXIT_INPUT

@@ -181,6 +181,10 @@ class ReplayConfig:
     # worker processes for replay, or "auto" (one per core): sensor.replay_parallel,
     # docs/performance.md "Parallel replay" for when it pays off
     workers: int | str = 1
+    # cut windows and score them in a second process (sensor.detect.model_process): the
+    # same events, flow events of a batch written one batch later; auto: where this process
+    # may use 2 cores or more. Not with ml.* rules or workers > 1 (they stay in-process)
+    model_process: bool | str = "auto"
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,9 @@ def load_config(path: str | None) -> Config:
         return Config()
     cfg = build(Config, doc, path, "")
     _check_minimums(cfg, path)
+    if cfg.replay.model_process not in (True, False, "auto"):
+        raise ConfigError(f"{path}: 'replay.model_process' must be true, false or auto, not "
+                          f"{cfg.replay.model_process!r}")
     return cfg
 
 

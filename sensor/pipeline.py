@@ -46,6 +46,22 @@ class Stage(Protocol):
     def counters(self) -> dict[str, int]: ...
 
 
+class StageFailure(Exception):
+    """A stage's helper process failed mid-run; the message says why, in one line."""
+
+
+class DeferringStage(Stage, Protocol):
+    """A stage that decides flow events later (the model scored in another process): it
+    keeps the ended flows it is given, and `settle` hands back its alert lines and the ended
+    flows that are ready to log, in order (`defers_flow_events` is true)."""
+
+    defers_flow_events: bool
+
+    def settle(self, wait: bool = False) -> tuple[list[str], list[EndedFlows]]: ...
+
+    def close(self) -> None: ...
+
+
 class Pipeline:
     """Runs batches through the stages and writes EVE to a sink."""
 
@@ -98,6 +114,10 @@ class Pipeline:
     def finish(self) -> None:
         """End every flow (end of input) and write the final stats event."""
         self._write_ended(self.flows.flush(self.now_us))
+        self._settle(wait=True)
+        deferring = self._deferring()
+        if deferring is not None:
+            deferring.close()
         self._stats()
         if self.sink is not None:
             self.sink.flush()
@@ -126,6 +146,7 @@ class Pipeline:
         self.now_us = max(self.now_us, int(ts.max()))
         self.defrag.expire(self.now_us)  # incomplete datagrams time out without new fragments
         self._write_ended(self.flows.expire(self.now_us))
+        self._settle()
         if self.stats_interval_us and self.next_stats_us is not None and \
                 self.now_us >= self.next_stats_us:
             self._stats()
@@ -164,34 +185,52 @@ class Pipeline:
             for sig in drain():
                 self.note_alert(sig)
 
+    def _deferring(self) -> DeferringStage | None:
+        return next((s for s in self.stages if getattr(s, "defers_flow_events", False)), None)
+
+    def _settle(self, wait: bool = False) -> None:
+        """Write what a deferring stage has ready: its alerts, then the flows it held."""
+        deferring = self._deferring()
+        if deferring is None:
+            return
+        lines, ready = deferring.settle(wait)
+        self._write(lines, "alert")
+        self._note_alerts(deferring)
+        for ended in ready:
+            self._log_flows(ended)
+
     def _write_ended(self, ended_list: list[EndedFlows]) -> None:
-        eve = self.cfg.outputs.eve
+        deferring = self._deferring()
         for ended in ended_list:
-            extras = [stage.flow_extra(ended) for stage in self.stages]
-            extras = [e for e in extras if e is not None]
-
-            def extra(ev: dict[str, Any], i: int, extras: list = extras) -> None:
-                for fn in extras:
-                    fn(ev, i)
-
             for stage in self.stages:
                 self._write(stage.on_flows_ended(ended), "alert")
                 self._note_alerts(stage)
-            write_flows = getattr(self.sink, "write_flows", None)  # eve_worker: formats there
-            if "flow" in self.types and write_flows is not None and not extras:
-                self.events["flow"] += write_flows(ended, eve.community_id,
-                                                   eve.community_id_seed)
-            elif "flow" in self.types:
-                # a stage that can splice its keys into bulk-built lines (the model) saves
-                # the per-flow dict path
-                bulk = getattr(extras[0], "flow_lines", None) if len(extras) == 1 else None
-                if bulk is not None:
-                    self._write(bulk(eve.community_id, eve.community_id_seed), "flow")
-                else:
-                    self._write(flow_events(ended, extra if extras else None, eve.community_id,
-                                            eve.community_id_seed), "flow")
+            if deferring is None:  # else it hands the flows back when their verdicts are in
+                self._log_flows(ended)
+
+    def _log_flows(self, ended: EndedFlows) -> None:
+        """The flow events of `ended`, with what the stages add to them."""
+        eve = self.cfg.outputs.eve
+        extras = [stage.flow_extra(ended) for stage in self.stages]
+        extras = [e for e in extras if e is not None]
+
+        def extra(ev: dict[str, Any], i: int, extras: list = extras) -> None:
+            for fn in extras:
+                fn(ev, i)
+
+        write_flows = getattr(self.sink, "write_flows", None)  # eve_worker: formats there
+        if "flow" in self.types and write_flows is not None and not extras:
+            self.events["flow"] += write_flows(ended, eve.community_id,
+                                               eve.community_id_seed)
+        elif "flow" in self.types:
+            # a stage that can splice its keys into bulk-built lines (the model) saves
+            # the per-flow dict path
+            bulk = getattr(extras[0], "flow_lines", None) if len(extras) == 1 else None
+            if bulk is not None:
+                self._write(bulk(eve.community_id, eve.community_id_seed), "flow")
             else:
-                self.events["flow"] += 0
+                self._write(flow_events(ended, extra if extras else None, eve.community_id,
+                                        eve.community_id_seed), "flow")
 
     def _write(self, lines: list[str], kind: str) -> None:
         if not lines:
@@ -219,6 +258,7 @@ class Pipeline:
             return
         self.now_us = now_us
         self._write_ended(self.flows.expire(now_us))
+        self._settle()
         if self.stats_interval_us and self.next_stats_us is not None and \
                 now_us >= self.next_stats_us:
             self._stats()

@@ -122,6 +122,47 @@ def concat_windows(batches: list[WindowBatch]) -> WindowBatch:
                        cat([b.data for b in batches]), flow)
 
 
+def packet_rows(ctx: BatchContext, m: int, order: np.ndarray | None = None
+                ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """(slot, FIELDS columns, first `m` bytes) of the batch's flow packets, in `order`
+    (positions in ctx.update) or as the flow table lists them: what the window stage keeps
+    of a packet, and all that `replay.model_process` sends to the scoring process."""
+    upd, d = ctx.update, ctx.decoded
+    pidx = upd.idx if order is None else upd.idx[order]
+    rows = {
+        "ts_us": ctx.batch.ts_us[pidx].astype(np.int64), "size": d.iplen[pidx].astype(np.int32),
+        "to_server": (upd.to_server if order is None else upd.to_server[order]).astype(np.int8),
+        "tcp_flags": d.tcp_flags[pidx].astype(np.uint8),
+        "payload_len": d.plen[pidx].astype(np.int32),
+        "tcp_win": d.tcp_win[pidx].astype(np.int32), "ttl": d.ttl[pidx].astype(np.uint8),
+        "proto": d.proto[pidx].astype(np.uint8),
+    }
+    slot = (upd.slot if order is None else upd.slot[order]).astype(np.int64)
+    return slot, rows, _raw_bytes(ctx.batch.data, d.l3[pidx], rows["size"], m)
+
+
+def _raw_bytes(data: np.ndarray, l3: np.ndarray, size: np.ndarray, m: int) -> np.ndarray:
+    """uint8 [n, M]: the first M bytes from each packet's IP header, zero past its IP
+    length (bytes past the buffer's end repeat its last byte, then get zeroed by length
+    as before)."""
+    l3 = l3.astype(np.int64)
+    if len(data) >= m:
+        inside = l3 + m <= len(data)
+        view = np.lib.stride_tricks.sliding_window_view(data, m)
+        raw = view[np.where(inside, l3, 0)]
+        if not inside.all():
+            out = np.flatnonzero(~inside)
+            grab = l3[out][:, None] + np.arange(m)
+            raw[out] = data[np.minimum(grab, len(data) - 1)]
+    else:
+        grab = l3[:, None] + np.arange(m)
+        raw = data[np.minimum(grab, len(data) - 1)]
+    short = np.flatnonzero(size < m)  # only these have bytes past their end to clear
+    if len(short):
+        raw[short] *= np.arange(m)[None, :] < size[short, None]
+    return raw
+
+
 class _PacketStore:
     """Packets of open windows, appended in bulk: per-packet columns, raw bytes, and the flow
     slot and window number each belongs to. Rows of closed windows stay as garbage (their
@@ -245,26 +286,22 @@ class WindowStage:
         return self._emit(self._close(slots)) if len(slots) else []
 
     def on_batch(self, ctx: BatchContext) -> list[str]:
-        upd = ctx.update
-        n = len(upd.idx)
+        if not len(ctx.update.idx):
+            return []
+        order = np.argsort(ctx.update.slot, kind="stable")
+        slot, rows, raw = packet_rows(ctx, self.cfg.bytes, order)
+        return self.add_packets(slot, rows, raw, ctx.flows.cols)
+
+    def add_packets(self, slot: np.ndarray, rows: dict[str, np.ndarray], raw: np.ndarray,
+                    flow_cols: dict[str, np.ndarray]) -> list[str]:
+        """One batch's flow packets (`packet_rows`) sorted by slot, each flow's packets in
+        time order (a stable sort); `flow_cols` holds FLOW_FIELDS per slot."""
+        n = len(slot)
         if not n:
             return []
-        d = ctx.decoded
-        order = np.argsort(upd.slot, kind="stable")
-        slot = upd.slot[order].astype(np.int64)
-        pidx = upd.idx[order]
-        ts = ctx.batch.ts_us[pidx].astype(np.int64)
-        rows = {
-            "ts_us": ts, "size": d.iplen[pidx].astype(np.int32),
-            "to_server": upd.to_server[order].astype(np.int8),
-            "tcp_flags": d.tcp_flags[pidx].astype(np.uint8),
-            "payload_len": d.plen[pidx].astype(np.int32),
-            "tcp_win": d.tcp_win[pidx].astype(np.int32), "ttl": d.ttl[pidx].astype(np.uint8),
-            "proto": d.proto[pidx].astype(np.uint8),
-        }
-        raw = self._raw_bytes(ctx.batch.data, d.l3[pidx], rows["size"])
+        ts = rows["ts_us"]
         self._ensure(int(slot[-1]) + 1)
-        self._capture_flow_dtypes(ctx.flows.cols)
+        self._capture_flow_dtypes(flow_cols)
         npk, span = self.cfg.packets, self.max_us
 
         # groups of packets by slot
@@ -324,7 +361,7 @@ class WindowStage:
             row = np.searchsorted(dw, wid[dp])
             wb = self._pack(len(dw), row, {k: v[dp] for k, v in rows.items()}, raw[dp],
                             ts[ws[dw]], slot[ws[dw]],
-                            {k: ctx.flows.cols[k][slot[ws[dw]]] for k in FLOW_FIELDS})
+                            {k: flow_cols[k][slot[ws[dw]]] for k in FLOW_FIELDS})
             lines += self._emit(wb)
         # windows still open at the end of the batch wait in the store
         nw = ws[~done]
@@ -337,7 +374,7 @@ class WindowStage:
             cnt = we[~done] - nw
             self._count[ns] = cnt
             for k in FLOW_FIELDS:
-                self._flow[k][ns] = ctx.flows.cols[k][ns]
+                self._flow[k][ns] = flow_cols[k][ns]
             op = np.flatnonzero(~wdone & ~in_carry)
             self.store.append(rows, raw, op, slot[op], self._seq[slot[op]])
             self.pending_packets += int(cnt.sum())
@@ -367,26 +404,6 @@ class WindowStage:
         return self._emit(self._close(open_slots)) if len(open_slots) else []
 
     # -- internals -----------------------------------------------------------------------------
-    def _raw_bytes(self, data: np.ndarray, l3: np.ndarray, size: np.ndarray) -> np.ndarray:
-        """uint8 [n, M]: the first M bytes from each packet's IP header, zero past its IP
-        length (bytes past the buffer's end repeat its last byte, then get zeroed by length
-        as before)."""
-        m = self.cfg.bytes
-        l3 = l3.astype(np.int64)
-        if len(data) >= m:
-            inside = l3 + m <= len(data)
-            view = np.lib.stride_tricks.sliding_window_view(data, m)
-            raw = view[np.where(inside, l3, 0)]
-            if not inside.all():
-                out = np.flatnonzero(~inside)
-                grab = l3[out][:, None] + np.arange(m)
-                raw[out] = data[np.minimum(grab, len(data) - 1)]
-        else:
-            grab = l3[:, None] + np.arange(m)
-            raw = data[np.minimum(grab, len(data) - 1)]
-        raw[np.arange(m)[None, :] >= size[:, None]] = 0
-        return raw
-
     def _ensure(self, want: int) -> None:
         have = len(self._seq)
         if want <= have:

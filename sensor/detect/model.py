@@ -488,6 +488,77 @@ def explain_windows(score_fn, windows: list[tuple[np.ndarray, np.ndarray]], top:
     return out
 
 
+def verdict_flow_extra(ended: EndedFlows, classes: tuple[str, ...], baselines: bool):
+    """The stage's flow_extra: adds the model's verdict (the ml_* columns of `ended`) to each
+    flow event's top-level `metadata` (flowvars / flowints, where Suricata logs flow
+    variables). It also offers `flow_lines`, the same lines written in bulk."""
+    def extra(ev: dict[str, Any], i: int) -> None:
+        cols = ended.cols
+        if "ml_windows" not in cols or not cols["ml_windows"][i]:
+            return
+        score = float(cols["ml_score"][i])
+        cls = classes[int(cols["ml_class"][i])] if cols["ml_over"][i] else "benign"
+        meta = ev.setdefault("metadata", {})
+        ints = {"ml_score_permille": int(round(score * 1000)),
+                "ml_windows": int(cols["ml_windows"][i])}
+        fv = meta.setdefault("flowvars", [])
+        fv.append({"key": "ml_class", "value": cls})
+        fv.append({"key": "ml_score", "value": f"{score:.3f}"})
+        if baselines and cols["ml_anomaly_ratio"][i] >= 0:
+            # 1000 = at the baseline's threshold; the highest over all baselines
+            ints["ml_anomaly_permille"] = int(round(float(cols["ml_anomaly_ratio"][i]) * 1000))
+            fv.append({"key": "ml_anomaly_score",
+                       "value": f"{float(cols['ml_anomaly'][i]):.3f}"})
+        meta.setdefault("flowints", {}).update(ints)
+
+    # the pipeline writes the same lines in bulk when the model is the only stage that adds
+    # keys
+    extra.flow_lines = lambda with_cid, seed: verdict_flow_lines(  # type: ignore[attr-defined]
+        ended, classes, baselines, with_cid, seed)
+    return extra
+
+
+def verdict_flow_lines(ended: EndedFlows, classes: tuple[str, ...], baselines: bool,
+                       with_cid: bool, cid_seed: int) -> list[str]:
+    """Byte for byte the lines flow_events(ended, verdict_flow_extra(ended, ...)) writes, from
+    the bulk flow writer with the `metadata` object spliced in right after `flow` (where the
+    dict path puts it): a dict and a json run per flow cost more than windows and features."""
+    return flow_lines(ended, with_cid, cid_seed, verdict_fragments(ended.cols, classes,
+                                                                   baselines))
+
+
+def verdict_fragments(cols: dict[str, np.ndarray], classes: tuple[str, ...],
+                      baselines: bool) -> list[str] | None:
+    """Per flow, the raw JSON `flow_lines` splices in after `flow` (",\"metadata\":{...}", or
+    "" for a flow without scored windows); None when no flow has any."""
+    if "ml_windows" not in cols:
+        return None
+    idx = np.flatnonzero(cols["ml_windows"] != 0)
+    if not len(idx):
+        return None
+    names = [dumps(c) for c in classes]
+    benign = dumps("benign")
+    cls = [names[c] if o else benign for c, o in
+           zip(cols["ml_class"][idx].tolist(), cols["ml_over"][idx].tolist(), strict=True)]
+    scores = cols["ml_score"][idx].astype(np.float64).tolist()
+    windows = cols["ml_windows"][idx].tolist()
+    if baselines:
+        ratio = cols["ml_anomaly_ratio"][idx]
+        anom = [(f',{{"key":"ml_anomaly_score","value":"{a:.3f}"}}',
+                 f',"ml_anomaly_permille":{int(round(r * 1000))}') if r >= 0 else ("", "")
+                for r, a in zip(ratio.astype(np.float64).tolist(),
+                                cols["ml_anomaly"][idx].astype(np.float64).tolist(),
+                                strict=True)]
+    else:
+        anom = [("", "")] * len(idx)
+    after = [""] * len(cols["ml_windows"])
+    for i, c, sc, w, (av, ai) in zip(idx.tolist(), cls, scores, windows, anom, strict=True):
+        after[i] = (f',"metadata":{{"flowvars":[{{"key":"ml_class","value":{c}}},'
+                    f'{{"key":"ml_score","value":"{sc:.3f}"}}{av}],"flowints":'
+                    f'{{"ml_score_permille":{int(round(sc * 1000))},"ml_windows":{w}{ai}}}}}')
+    return after
+
+
 @dataclass
 class Baseline:
     """A loaded site baseline: session, contract, threshold, position (sid offset)."""
@@ -553,6 +624,14 @@ class ModelStage:
         self.windows.on_batch(ctx)
         return self._score(None)
 
+    def on_packets(self, table: Any, slot: np.ndarray, rows: dict[str, np.ndarray],
+                   raw: np.ndarray) -> list[str]:
+        """on_batch from `windows.packet_rows` (sorted by slot) and a table holding the
+        FLOW_FIELDS and verdict columns: how the scoring process (`model_process`) runs."""
+        self._attach(table)
+        self.windows.add_packets(slot, rows, raw, table.cols)
+        return self._score(None)
+
     def on_flows_ended(self, ended: EndedFlows) -> list[str]:
         self.windows.on_flows_ended(ended)
         return self._score(ended)
@@ -562,63 +641,7 @@ class ModelStage:
         return self._score(None)
 
     def flow_extra(self, ended: EndedFlows):
-        def extra(ev: dict[str, Any], i: int) -> None:
-            cols = ended.cols
-            if "ml_windows" not in cols or not cols["ml_windows"][i]:
-                return
-            score = float(cols["ml_score"][i])
-            cls = self.classes[int(cols["ml_class"][i])] if cols["ml_over"][i] else "benign"
-            meta = ev.setdefault("metadata", {})
-            ints = {"ml_score_permille": int(round(score * 1000)),
-                    "ml_windows": int(cols["ml_windows"][i])}
-            fv = meta.setdefault("flowvars", [])
-            fv.append({"key": "ml_class", "value": cls})
-            fv.append({"key": "ml_score", "value": f"{score:.3f}"})
-            if self.baselines and cols["ml_anomaly_ratio"][i] >= 0:
-                # 1000 = at the baseline's threshold; the highest over all baselines
-                ints["ml_anomaly_permille"] = int(round(float(cols["ml_anomaly_ratio"][i])
-                                                        * 1000))
-                fv.append({"key": "ml_anomaly_score",
-                           "value": f"{float(cols['ml_anomaly'][i]):.3f}"})
-            meta.setdefault("flowints", {}).update(ints)
-
-        # the pipeline writes the same lines in bulk when the model is the only stage that
-        # adds keys (see _flow_lines)
-        extra.flow_lines = lambda with_cid, seed: self._flow_lines(  # type: ignore[attr-defined]
-            ended, with_cid, seed)
-        return extra
-
-    def _flow_lines(self, ended: EndedFlows, with_cid: bool, cid_seed: int) -> list[str]:
-        """Byte for byte the lines flow_events(ended, flow_extra(ended)) writes, from the bulk
-        flow writer with the `metadata` object spliced in right after `flow` (where the dict
-        path puts it): a dict and a json run per flow cost more than windows and features."""
-        cols = ended.cols
-        if "ml_windows" not in cols:
-            return flow_lines(ended, with_cid, cid_seed)
-        idx = np.flatnonzero(cols["ml_windows"] != 0)
-        if not len(idx):
-            return flow_lines(ended, with_cid, cid_seed)
-        names = [dumps(c) for c in self.classes]
-        benign = dumps("benign")
-        cls = [names[c] if o else benign for c, o in
-               zip(cols["ml_class"][idx].tolist(), cols["ml_over"][idx].tolist(), strict=True)]
-        scores = cols["ml_score"][idx].astype(np.float64).tolist()
-        windows = cols["ml_windows"][idx].tolist()
-        if self.baselines:
-            ratio = cols["ml_anomaly_ratio"][idx]
-            anom = [(f',{{"key":"ml_anomaly_score","value":"{a:.3f}"}}',
-                     f',"ml_anomaly_permille":{int(round(r * 1000))}') if r >= 0 else ("", "")
-                    for r, a in zip(ratio.astype(np.float64).tolist(),
-                                    cols["ml_anomaly"][idx].astype(np.float64).tolist(),
-                                    strict=True)]
-        else:
-            anom = [("", "")] * len(idx)
-        after = [""] * len(ended)
-        for i, c, sc, w, (av, ai) in zip(idx.tolist(), cls, scores, windows, anom, strict=True):
-            after[i] = (f',"metadata":{{"flowvars":[{{"key":"ml_class","value":{c}}},'
-                        f'{{"key":"ml_score","value":"{sc:.3f}"}}{av}],"flowints":'
-                        f'{{"ml_score_permille":{int(round(sc * 1000))},"ml_windows":{w}{ai}}}}}')
-        return flow_lines(ended, with_cid, cid_seed, after)
+        return verdict_flow_extra(ended, self.classes, bool(self.baselines))
 
     # -- internals -----------------------------------------------------------------------------
     def _attach(self, table: FlowTable) -> None:
