@@ -132,6 +132,9 @@ class FlowTable:
         self.counters: dict[str, int] = {}
         self.emergency = False
         self.superseded: list[EndedFlows] = []
+        # slots given to new flows by the last update(): stages that mirror the table
+        # elsewhere (the model process) send these flows' addresses once
+        self.started = np.zeros(0, np.int64)
         self.any_quoted = False  # a quoted ICMP error was ever counted in a flow
 
     # -- storage ---------------------------------------------------------------------------
@@ -254,6 +257,7 @@ class FlowTable:
                first_cnt: int | np.ndarray) -> tuple[FlowUpdate, list[EndedFlows]]:
         """Assign every flow packet of a batch to a flow and update the flows."""
         ended: list[EndedFlows] = []
+        self.started = np.zeros(0, np.int64)
         idx = np.flatnonzero(d.ok)
         if not len(idx):
             return _empty_update(), ended
@@ -398,6 +402,7 @@ class FlowTable:
             new_slots = self._alloc(n_new)
             seg_slot[new_seg] = new_slots
             self._init_flows(new_slots, seg_first[new_seg], pidx, hs, ts, d, first_cnt)
+            self.started = np.asarray(new_slots, np.int64)
             # a key with several instances in one batch: the index points to the last one
             index.update(zip(hs[seg_first[new_seg]].tolist(), new_slots.tolist(), strict=True))
 

@@ -9,9 +9,9 @@ list, the slots and flow ids. A forked worker owns the real ModelStage and a mir
 flow-table columns it reads (`FlowMirror`), applies the messages in order, and answers each
 with its alert lines and, for ended flows, their verdict columns (`ml_*`, model-alerted).
 
-The replay process goes on with the next batch while the worker scores the last one, and
+The replay process goes on with the next batches while the worker scores the last one, and
 holds each ended flow list back until its answer is in: flow events carry the verdict, so
-they are written one batch later than in-process, with the same content. The output is the
+they are written up to LAG batches later than in-process, with the same content. The output is the
 in-process output line for line in another order (alerts and flow events of a batch come
 after the next batch's rule alerts); which answers are awaited at which point is fixed, not
 timing-dependent, so the order is the same on every run.
@@ -49,6 +49,9 @@ RING_LAYOUT = (("slot", np.int64, ()), ("ts_us", np.int64, ()), ("size", np.int3
                ("payload_len", np.int32, ()), ("tcp_win", np.int32, ()),
                ("to_server", np.int8, ()), ("tcp_flags", np.uint8, ()), ("ttl", np.uint8, ()),
                ("proto", np.uint8, ()))
+# settle() calls (batches) the worker may be behind: one more than needed to overlap, so
+# that a batch slower to score than to decode does not stall the replay
+LAG = 2
 RING_BYTES = 64 << 20  # about 10 batches of 65,536 packets; larger batches go by the pipe
 
 
@@ -125,11 +128,23 @@ class FlowMirror:
 
 
 def _serve(cfg: Config, conn: Connection, ring: Any) -> None:
-    """The worker: apply messages in order, answer each (through a thread, so a long answer
-    never blocks reading the next message), until "close" or the parent goes away."""
+    """The worker: apply messages in order, answer each, until "close" or the parent goes
+    away. A thread reads messages and one sends answers, so neither side ever blocks on a
+    full socket while the other is busy."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # the parent decides when to stop
     answers: queue.Queue = queue.Queue()
+    inbox: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                msg = ("close",)
+            inbox.put(msg)
+            if msg[0] == "close":
+                return
 
     def answer() -> None:
         while True:
@@ -143,15 +158,13 @@ def _serve(cfg: Config, conn: Connection, ring: Any) -> None:
 
     sender = threading.Thread(target=answer, daemon=True)
     sender.start()
+    threading.Thread(target=read, daemon=True).start()
     try:
         stage = build_model_stage(cfg)
         mirror = FlowMirror()
         stage._attach(mirror)
         while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                break
+            msg = inbox.get()
             kind = msg[0]
             if kind == "batch":
                 _, rows, new_slots, facts = msg
@@ -210,14 +223,12 @@ class ModelProcessStage:
         child.close()
         self._sent = 0  # messages sent
         self._waiting: deque[EndedFlows | None] = deque()  # unanswered, in order
-        self._mark = 0  # messages sent before the last settle()
+        # messages sent before each of the last LAG settle() calls, oldest first
+        self._marks: deque[int] = deque([0] * LAG, maxlen=LAG)
         self._lines: list[str] = []
         self._sigs: list[str] = []
         self._ready: list[EndedFlows] = []
         self._after: dict[int, list[str] | None] = {}  # id(ended) -> metadata fragments
-        # per slot: the flow id the worker knows there (valid where _known)
-        self._sent_fid = np.zeros(0, np.uint64)
-        self._known = np.zeros(0, np.bool_)
         self._closed = False
 
     # -- stage hooks ---------------------------------------------------------------------------
@@ -228,17 +239,8 @@ class ModelProcessStage:
         if not len(ctx.update.idx):
             return []
         slot, rows, raw = packet_rows(ctx, self.bytes)
+        new = ctx.flows.started  # the worker resets these slots for their new flows
         cols = ctx.flows.cols
-        cap = len(cols["flow_id"])
-        if len(self._known) < cap:
-            self._sent_fid = np.r_[self._sent_fid, np.zeros(cap - len(self._known), np.uint64)]
-            self._known = np.r_[self._known, np.zeros(cap - len(self._known), np.bool_)]
-        seen = np.zeros(cap, np.bool_)
-        seen[slot] = True
-        slots = np.flatnonzero(seen)
-        new = slots[~self._known[slots] | (self._sent_fid[slots] != cols["flow_id"][slots])]
-        self._known[new] = True
-        self._sent_fid[new] = cols["flow_id"][new]
         n, m = len(slot), raw.shape[1]
         start = self._alloc(n * row_bytes(m))
         if start is None:  # larger than the ring: by the pipe
@@ -255,7 +257,6 @@ class ModelProcessStage:
         slots = np.asarray(ended.slots, dtype=np.int64)
         if not len(slots):
             return []
-        self._known[slots[slots < len(self._known)]] = False
         self._send(("ended", slots, ended.cols["flow_id"], ended.reason), ended)
         return []
 
@@ -271,13 +272,14 @@ class ModelProcessStage:
         return out
 
     def settle(self, wait: bool = False) -> tuple[list[str], list[EndedFlows]]:
-        """Alert lines and ended flows (verdicts filled in, in order) of the messages sent
-        before the previous settle, or with `wait` of every message sent. The worker scores
-        a batch while the replay goes on with the next; the points where answers are awaited
-        are fixed, so the output order never depends on timing, and the replay runs at most
-        one batch ahead."""
-        self._receive(self._sent if wait else self._mark)
-        self._mark = self._sent
+        """Alert lines and ended flows (verdicts filled in, in order) answered so far, after
+        waiting for the messages sent before the settle LAG calls back (with `wait`: for
+        every message sent). The worker scores a batch while the replay goes on with the
+        next; the points where answers are awaited are fixed (and waiting for ring space
+        depends on sizes only), so the output order never depends on timing, and the replay
+        runs at most LAG batches ahead."""
+        self._receive(self._sent if wait else self._marks[0])
+        self._marks.append(self._sent)
         lines, self._lines = self._lines, []
         ready, self._ready = self._ready, []
         return lines, ready
