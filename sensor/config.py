@@ -182,8 +182,9 @@ class ReplayConfig:
     # docs/performance.md "Parallel replay" for when it pays off
     workers: int | str = 1
     # cut windows and score them in a second process (sensor.detect.model_process): the
-    # same events, flow events of a batch written one batch later; auto: where this process
-    # may use 2 cores or more. Not with ml.* rules or workers > 1 (they stay in-process)
+    # same events, flow events written up to two batches later; auto: where this process
+    # may use 2 cores or more (3 with eve_process). Not with ml.* rules or workers > 1
+    # (they stay in-process)
     model_process: bool | str = "auto"
 
 

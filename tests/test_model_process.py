@@ -123,6 +123,9 @@ def test_ml_rules_and_one_core_keep_the_in_process_stage(monkeypatch, tmp_path):
     stages = use_model_process(cfg, build_stages(cfg))
     assert any(isinstance(s, ModelProcessStage) for s in stages)
     next(s for s in stages if isinstance(s, ModelProcessStage)).close()
+    # with the EVE process on, two cores are taken already
+    cfg = dataclasses.replace(cfg, replay=ReplayConfig(model_process="auto", eve_process=True))
+    assert any(isinstance(s, ModelStage) for s in use_model_process(cfg, build_stages(cfg)))
     cfg = _config(monkeypatch, False)
     assert any(isinstance(s, ModelStage) for s in use_model_process(cfg, build_stages(cfg)))
 

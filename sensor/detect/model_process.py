@@ -368,15 +368,17 @@ def _last_line(text: str) -> str:
 def use_model_process(cfg: Config, stages: list[Stage]) -> list[Stage]:
     """`stages` with the in-process ModelStage replaced by a ModelProcessStage where
     `replay.model_process` asks for it: true, or auto (the default) when this process may
-    use two cores or more. Rules with ml.* keywords keep the in-process stage (they read the
-    verdict in the same batch), as does a config without the model."""
+    use two cores or more (three with `replay.eve_process`). Rules with ml.* keywords keep
+    the in-process stage (they read the verdict in the same batch), as does a config
+    without the model."""
     want = cfg.replay.model_process
     if want is False:
         return stages
     model = next((s for s in stages if isinstance(s, ModelStage)), None)
     if model is None or any(getattr(s, "has_ml", False) for s in stages):
         return stages
-    if want == "auto" and len(os.sched_getaffinity(0)) < 2:
+    # auto: a core for the replay, one for the scoring (and one for the EVE process if on)
+    if want == "auto" and len(os.sched_getaffinity(0)) < 2 + int(cfg.replay.eve_process):
         return stages
     proxy = ModelProcessStage(cfg, model)
     return [proxy if s is model else s for s in stages]
