@@ -168,7 +168,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     except KeyboardInterrupt:
         progress.close()
-        pipe.finish()
+        try:
+            pipe.finish()
+        except (SinkError, StageFailure) as exc:
+            _err(str(exc))
         _err("interrupted; flows so far were logged")
         return EXIT_INPUT
     finally:

@@ -174,3 +174,30 @@ def test_replay_cli_with_the_model_process(tmp_path, monkeypatch, capsys):
     assert any(e["event_type"] == "alert" and e["alert"]["gid"] == 9000 for e in evs)
     flows = [e for e in evs if e["event_type"] == "flow"]
     assert sum("metadata" in e for e in flows) > 0.9 * len(flows)
+
+
+def test_worker_failures_reach_the_replay_in_one_line(monkeypatch, capsys):
+    """A model that cannot be loaded in the worker (changed since the replay checked it) is
+    one line, no traceback; a bug in the worker is one line plus its traceback on stderr.
+    Either way the replay stops instead of hanging."""
+    from sensor.detect.model import ModelError
+
+    def missing(cfg):
+        raise ModelError("model /gone.onnx: no such file")
+
+    cfg = _config(monkeypatch, True)
+    monkeypatch.setattr(model_process, "build_model_stage", missing)  # the fork inherits it
+    with pytest.raises(ModelProcessError) as err:
+        _run(cfg, SAMPLE)
+    assert str(err.value) == "model scoring process: model /gone.onnx: no such file"
+    assert "Traceback" not in capsys.readouterr().err
+    monkeypatch.undo()
+
+    def broken(self, *args):
+        raise RuntimeError("boom")
+
+    cfg = _config(monkeypatch, True)
+    monkeypatch.setattr(ModelStage, "on_packets", broken)
+    with pytest.raises(ModelProcessError, match="^model scoring process: RuntimeError: boom$"):
+        _run(cfg, SAMPLE)
+    assert "Traceback" in capsys.readouterr().err

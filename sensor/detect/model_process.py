@@ -41,7 +41,7 @@ from ..flow import EndedFlows
 from ..output.eve import flow_lines
 from ..pipeline import BatchContext, Stage, StageFailure
 from ..windows import FLOW_FIELDS, packet_rows
-from .model import ModelStage, build_model_stage, verdict_flow_extra, verdict_fragments
+from .model import ModelError, ModelStage, build_model_stage, verdict_flow_extra, verdict_fragments
 
 VERDICT_COLS = (*ModelStage.COLS, "alerted")
 # packet rows in shared memory, in this order (8-byte fields first: every part stays aligned)
@@ -194,8 +194,11 @@ def _serve(cfg: Config, conn: Connection, ring: Any) -> None:
             elif kind == "close":
                 answers.put(("closed", stage.counters()))
                 break
-    except Exception:  # noqa: BLE001 - a bug here must reach the user, not hang the replay
-        answers.put(("error", traceback.format_exc()))
+    except ModelError as exc:  # the model file changed since the replay checked it
+        answers.put(("error", f"model scoring process: {exc}", None))
+    except Exception as exc:  # noqa: BLE001 - a bug here must reach the user, not hang
+        answers.put(("error", f"model scoring process: {type(exc).__name__}: {exc}",
+                     traceback.format_exc()))
     sender.join()
     conn.close()
 
@@ -297,7 +300,7 @@ class ModelProcessStage:
                     self.stats = msg[1]
                     break
                 if msg[0] == "error":
-                    raise ModelProcessError(_last_line(msg[1]))
+                    raise ModelProcessError(msg[1])
         except (EOFError, OSError):
             pass
         finally:
@@ -309,7 +312,13 @@ class ModelProcessStage:
         try:
             self._conn.send(msg)
         except OSError:
-            self._receive(self._sent)  # raises the worker's own reason when it gave one
+            try:  # the worker's own reason, when it gave one before it ended
+                while self._conn.poll():
+                    msg = self._conn.recv()
+                    if msg[0] == "error":
+                        self._answer_error(msg)
+            except (EOFError, OSError):
+                pass
             raise ModelProcessError("the model scoring process ended") from None
         self._sent += 1
         self._waiting.append(ended)
@@ -321,9 +330,11 @@ class ModelProcessStage:
                 msg = self._conn.recv()
             except (EOFError, OSError):
                 raise ModelProcessError("the model scoring process ended") from None
+            except Exception:  # noqa: BLE001 - a read cut short (Ctrl-C) left half a message
+                raise ModelProcessError("lost track of the model scoring process's "
+                                        "answers") from None
             if msg[0] == "error":
-                sys.stderr.write(msg[1])
-                raise ModelProcessError(_last_line(msg[1]))
+                self._answer_error(msg)
             _, lines, sigs, self.stats, verdicts = msg
             ended = self._waiting.popleft()
             self._lines += lines
@@ -335,6 +346,13 @@ class ModelProcessStage:
                 after = verdicts["after"]
                 self._after[id(ended)] = None if after is None else after.split("\n")
                 self._ready.append(ended)
+
+    @staticmethod
+    def _answer_error(msg: tuple) -> None:
+        _, reason, trace = msg
+        if trace:  # a bug, not a user mistake: the worker's traceback helps fix it
+            sys.stderr.write(trace)
+        raise ModelProcessError(reason)
 
     def _alloc(self, need: int) -> int | None:
         """Start of `need` free bytes in the ring (waiting for the worker to answer older
@@ -358,11 +376,6 @@ class ModelProcessStage:
                 self._regions.append((self._sent, start, start + need))
                 return start
             self._receive(answered + 1)
-
-
-def _last_line(text: str) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return f"model scoring process: {lines[-1] if lines else 'failed'}"
 
 
 def use_model_process(cfg: Config, stages: list[Stage]) -> list[Stage]:
