@@ -360,11 +360,80 @@ def augment_timing(seq, gen, max_factor: float):
     return out
 
 
+def augment_rtt(seq, gen, lo_us: float, hi_us: float, p: float):
+    """Add a network round trip to a share `p` of the windows.
+
+    The lab's hosts share one bridge: a reply follows its request within microseconds,
+    while across real links every turn of a conversation waits for a round trip. Each
+    chosen window gets a round trip r (log-uniform in [lo, hi] us), split at random between
+    the two sides of the sensor: a packet that answers the other side's packet arrives that
+    share of r later, and every later packet of the window with it. Without this, a normal
+    HTTP exchange over the internet looked like a slow DoS to the model (docs/model.md)."""
+    import torch
+
+    if p <= 0.0 or hi_us <= 0.0:
+        return seq
+    b = seq.shape[0]
+    scale = float(features._LOG_TIME)
+    iat_col, t_col = TIME_COLS
+    valid = seq[:, :, 0]
+    to_srv = seq[:, :, 1] > 0.5
+    on = (torch.rand(b, 1, generator=gen) < p).float()
+    lo, hi = float(np.log(max(lo_us, 1.0))), float(np.log(max(hi_us, lo_us, 1.0)))
+    r = torch.exp(lo + torch.rand(b, 1, generator=gen) * (hi - lo)) * on
+    share = torch.rand(b, 1, generator=gen)  # of r on the clients' side of the sensor
+    add = torch.zeros_like(valid)
+    add[:, 1:] = r * (share * (to_srv[:, 1:] & ~to_srv[:, :-1]).float()
+                      + (1.0 - share) * (~to_srv[:, 1:] & to_srv[:, :-1]).float()) * valid[:, 1:]
+    iat = torch.expm1(seq[:, :, iat_col] * scale) + add
+    out = seq.clone()
+    out[:, :, iat_col] = torch.log1p(iat) / scale * valid
+    out[:, :, t_col] = torch.log1p(torch.cumsum(iat * valid, dim=1)) / scale * valid
+    return out
+
+
+TS_OPTION = np.array([1, 1, 8, 10], np.uint8)  # NOP, NOP, timestamp (kind 8, length 10)
+
+
+def strip_tcp_timestamps(image: np.ndarray, seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The windows as a TCP stack without timestamps would have sent them.
+
+    Linux (every lab host) puts NOP, NOP, timestamp in every TCP segment; Windows and many
+    embedded stacks do not. Of an IPv4 packet with a 20-byte IP header and exactly that
+    12-byte option block, this drops the block: the data offset says 5, the total length and
+    the packet size shrink by 12, the bytes after it move up (the last 12 of the 64 kept
+    become zero: the bytes that would follow are not in the image). Other packets (SYNs
+    with more options, IPv6, fragments) stay as they are."""
+    w, n, m = image.shape
+    out_i, out_s = image.copy(), seq.copy()
+    if m < 52 or not w:
+        return out_i, out_s
+    img = image.reshape(-1, m)
+    flat_s = seq.reshape(-1, seq.shape[-1])
+    ok = ((flat_s[:, 0] > 0) & (img[:, 0] == 0x45) & (img[:, 9] == 6)
+          & ((img[:, 6] & 0x1F) == 0) & (img[:, 7] == 0) & ((img[:, 32] >> 4) == 8)
+          & (img[:, 40:44] == TS_OPTION).all(axis=1))
+    r = np.flatnonzero(ok)
+    oi = out_i.reshape(-1, m)
+    os_ = out_s.reshape(-1, seq.shape[-1])
+    oi[r, 40:m - 12] = img[r, 52:m]
+    oi[r, m - 12:] = 0
+    oi[r, 32] = (5 << 4) | (img[r, 32] & 0x0F)
+    total = ((img[r, 2].astype(np.int64) << 8) | img[r, 3]) - 12
+    oi[r, 2], oi[r, 3] = (total >> 8) & 0xFF, total & 0xFF
+    size = np.expm1(flat_s[r, 2].astype(np.float64) * features._LOG_SIZE) - 12.0
+    os_[r, 2] = np.log1p(np.maximum(size, 0.0)) / features._LOG_SIZE
+    return out_i, out_s
+
+
 def train_model(train: WindowSet, val: WindowSet, classes: list[str], *, epochs: int,
                 seed: int, batch: int = 256, lr: float = 3e-3, time_jitter: float = 3.0,
-                log=print) -> tuple[Any, dict]:
-    """Class-weighted cross-entropy with timing augmentation; keeps the epoch with the best
-    validation balanced accuracy (fixed seeds: the same data gives the same model)."""
+                rtt_us: tuple[float, float] = (0.0, 0.0), rtt_share: float = 0.5,
+                strip_ts: float = 0.0, log=print) -> tuple[Any, dict]:
+    """Class-weighted cross-entropy with augmentation (timing scaled, round trips added to
+    `rtt_share` of the windows, TCP timestamps dropped from `strip_ts` of them); keeps the
+    epoch with the best validation balanced accuracy (fixed seeds: the same data gives the
+    same model)."""
     import torch
 
     torch.manual_seed(seed)
@@ -384,6 +453,9 @@ def train_model(train: WindowSet, val: WindowSet, classes: list[str], *, epochs:
     rng = np.random.default_rng(seed)
     img_t = torch.from_numpy(train.image)
     seq_t = torch.from_numpy(train.seq)
+    if strip_ts > 0:
+        img_nots, seq_nots = (torch.from_numpy(a) for a in strip_tcp_timestamps(train.image,
+                                                                                 train.seq))
     y_t = torch.from_numpy(y_tr)
     gen = torch.Generator().manual_seed(seed)
     history: list[dict] = []
@@ -395,8 +467,14 @@ def train_model(train: WindowSet, val: WindowSet, classes: list[str], *, epochs:
         total = 0.0
         for lo in range(0, len(order), batch):
             b = order[lo:lo + batch]
-            img = img_t[b].float() * (1.0 / 255.0)
-            logits = model(img, augment_timing(seq_t[b], gen, time_jitter))
+            img, sq = img_t[b], seq_t[b]
+            if strip_ts > 0:
+                nots = (torch.rand(len(b), generator=gen) < strip_ts)[:, None, None]
+                img = torch.where(nots, img_nots[b], img)
+                sq = torch.where(nots, seq_nots[b], sq)
+            img = img.float() * (1.0 / 255.0)
+            sq = augment_rtt(augment_timing(sq, gen, time_jitter), gen, *rtt_us, rtt_share)
+            logits = model(img, sq)
             loss = loss_fn(logits, y_t[b])
             optimizer_step(model, opt, sched, loss)
             total += float(loss.detach()) * len(b)
@@ -819,6 +897,15 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--time-jitter", type=float, default=3.0,
                    help="augmentation: scale window timing by up to this factor (1: off)")
+    t.add_argument("--rtt-ms", default="0", metavar="LO:HI",
+                   help="augmentation: round trips added to a share of the windows, "
+                        "log-uniform in LO..HI ms, e.g. 0.2:300 (default 0: off; see "
+                        "docs/model.md for what it did)")
+    t.add_argument("--rtt-share", type=float, default=0.5,
+                   help="share of training windows that get a round trip")
+    t.add_argument("--strip-ts", type=float, default=0.0,
+                   help="augmentation: share of training windows shown without TCP "
+                        "timestamp options, as Windows stacks send (default 0: off)")
     t.add_argument("--target-fa-per-hour", type=float, default=1.0)
     t.add_argument("--min-threshold", type=float, default=0.9,
                    help="no class threshold below this (0.9: a window must be clearly one "
@@ -837,6 +924,17 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     t.add_argument("--report-json", default=None, help="also write all metrics as JSON here")
     t.set_defaults(fn=cmd_train)
     return t
+
+
+def parse_rtt(spec: str) -> tuple[float, float] | None:
+    """`--rtt-ms LO:HI` (or 0: off) as microseconds; None when it is neither."""
+    if spec.strip() == "0":
+        return (0.0, 0.0)
+    try:
+        lo, hi = (float(x) for x in spec.split(":"))
+    except ValueError:
+        return None
+    return (lo * 1000.0, hi * 1000.0) if 0 < lo <= hi else None
 
 
 def log_stderr(msg: str) -> None:
@@ -884,6 +982,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = start_command("train", args.config, [*args.train, *args.val, *args.test])
     if cfg is None:
         return 2
+    rtt_us = parse_rtt(args.rtt_ms)
+    if rtt_us is None:
+        print(f"netsensor: --rtt-ms {args.rtt_ms}: expected LO:HI in ms with 0 < LO <= HI, "
+              "or 0", file=sys.stderr)
+        return 2
     import torch
 
     log = log_stderr
@@ -915,7 +1018,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     t_train = time.monotonic()
     model, train_info = train_model(tr, va, classes, epochs=args.epochs, seed=args.seed,
                                     batch=args.batch, lr=args.lr,
-                                    time_jitter=args.time_jitter, log=log)
+                                    time_jitter=args.time_jitter, rtt_us=rtt_us,
+                                    rtt_share=args.rtt_share, strip_ts=args.strip_ts, log=log)
     train_seconds = time.monotonic() - t_train
     pv = torch_probs(model, va.image, va.seq)
     thresholds, calib = calibrate(va, pv, classes, target_per_hour=args.target_fa_per_hour,
@@ -963,6 +1067,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "netsensor.training": json.dumps({
             "train": summary(tr), "val": summary(va), "test": summary(te) if te else None,
             "seed": args.seed, "epochs": args.epochs, "time_jitter": args.time_jitter,
+            "rtt_ms": args.rtt_ms, "rtt_share": args.rtt_share, "strip_ts": args.strip_ts,
             "leave_out": args.leave_out or None,
             "target_false_alerts_per_hour": args.target_fa_per_hour,
             "aggregate_seconds": args.aggregate_seconds, "min_windows": args.min_windows,
@@ -1023,6 +1128,7 @@ def _command(args: argparse.Namespace) -> str:
     if args.config:
         parts += ["-c", args.config]
     defaults = {"epochs": 12, "seed": 1, "batch": 256, "lr": 3e-3, "time_jitter": 3.0,
+                "rtt_ms": "0", "rtt_share": 0.5, "strip_ts": 0.0,
                 "target_fa_per_hour": 1.0,
                 "min_threshold": 0.9, "aggregate_seconds": 60.0, "min_windows": 2,
                 "leave_out": "",
