@@ -87,7 +87,8 @@ class ModelConfig:
     # its next windows are a new episode and alert again (0 = off)
     aggregate_quiet_seconds: float = 5.0
     # windows over threshold from one (source, class) within a period before its first alert
-    min_windows: int = 2
+    # (3: benign traffic unlike the lab's drew alerts from 2 windows; docs/model.md)
+    min_windows: int = 3
     batch_size: int = 512  # most windows per onnxruntime call (sorted by length)
     # site baselines (`netsensor learn` ONNX files) scored on the same windows
     baselines: tuple[str, ...] = ()

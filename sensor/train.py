@@ -36,13 +36,14 @@ from typing import Any
 import numpy as np
 
 from . import features
-from .config import Config, WindowConfig
+from .config import Config, ModelConfig, WindowConfig
 
 MODEL_NAME = "netsensor-cnnlstm"
 DEFAULT_OUT = "models/netsensor-cnnlstm.onnx"
 OPSET = 17
 ONNX_TOLERANCE = 1e-4
 BENIGN = "benign"
+DEFAULT_MIN_WINDOWS = ModelConfig().min_windows  # the sensor's model.min_windows
 
 
 # ----------------------------------------------------------------------------- data
@@ -510,7 +511,7 @@ def train_model(train: WindowSet, val: WindowSet, classes: list[str], *, epochs:
 
 def simulate_alerts(ws: WindowSet, probs: np.ndarray, classes: list[str],
                     thresholds: dict[str, float], period_s: float,
-                    min_windows: int = 2) -> list[dict]:
+                    min_windows: int = DEFAULT_MIN_WINDOWS) -> list[dict]:
     """The alerts ModelStage would raise for these windows (same aggregation)."""
     from .detect.model import AlertAggregator
 
@@ -531,7 +532,7 @@ def simulate_alerts(ws: WindowSet, probs: np.ndarray, classes: list[str],
 
 def calibrate(ws: WindowSet, probs: np.ndarray, classes: list[str], *, target_per_hour: float,
               period_s: float, floor: float, cap: float = 0.9999,
-              min_windows: int = 2) -> tuple[dict, dict]:
+              min_windows: int = DEFAULT_MIN_WINDOWS) -> tuple[dict, dict]:
     """Per-class thresholds: the lowest value (>= floor) at which benign validation windows
     raise no more than the class's share of target_per_hour * hours aggregated alerts.
 
@@ -570,7 +571,7 @@ def calibrate(ws: WindowSet, probs: np.ndarray, classes: list[str], *, target_pe
 # ----------------------------------------------------------------------------- evaluation
 
 def evaluate(ws: WindowSet, probs: np.ndarray, classes: list[str], thresholds: dict[str, float],
-             period_s: float, min_windows: int = 2) -> dict:
+             period_s: float, min_windows: int = DEFAULT_MIN_WINDOWS) -> dict:
     """Window confusion matrix, per-instance detection, false alerts per benign hour."""
     thr = np.array([2.0] + [thresholds[c] for c in classes[1:]], dtype=np.float32)
     ratio = probs / thr[None, :]
@@ -912,7 +913,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                         "attack class; benign traffic unlike the lab's, e.g. IPv6 or other "
                         "link types, scored 0.5-0.8 in checks, see docs/model.md)")
     t.add_argument("--aggregate-seconds", type=float, default=60.0)
-    t.add_argument("--min-windows", type=int, default=2,
+    t.add_argument("--min-windows", type=int, default=DEFAULT_MIN_WINDOWS,
                    help="windows over threshold per source and class before the first alert "
                         "(the sensor's model.min_windows; calibration and results use it)")
     t.add_argument("--leave-out", default="", metavar="FAMILY[,FAMILY]",
@@ -1130,7 +1131,8 @@ def _command(args: argparse.Namespace) -> str:
     defaults = {"epochs": 12, "seed": 1, "batch": 256, "lr": 3e-3, "time_jitter": 3.0,
                 "rtt_ms": "0", "rtt_share": 0.5, "strip_ts": 0.0,
                 "target_fa_per_hour": 1.0,
-                "min_threshold": 0.9, "aggregate_seconds": 60.0, "min_windows": 2,
+                "min_threshold": 0.9, "aggregate_seconds": 60.0,
+                "min_windows": DEFAULT_MIN_WINDOWS,
                 "leave_out": "",
                 "model_version": "1.0"}
     for k, d in defaults.items():
