@@ -174,6 +174,17 @@ def test_replay_cli_with_the_model_process(tmp_path, monkeypatch, capsys):
     assert any(e["event_type"] == "alert" and e["alert"]["gid"] == 9000 for e in evs)
     flows = [e for e in evs if e["event_type"] == "flow"]
     assert sum("metadata" in e for e in flows) > 0.9 * len(flows)
+    # with the EVE process too (three processes): the same events (flow ids are per run)
+    both = tmp_path / "both"
+    both.mkdir()
+    cfg.write_text(cfg.read_text() + "  eve_process: true\n")
+    assert main(["replay", str(SAMPLE), "-q", "-l", str(both), "-c", str(cfg)]) == 0
+
+    def events(path: Path) -> list[str]:
+        return sorted(re.sub(r'"flow_id":\d+,', "", x) for x in path.read_text().splitlines()
+                      if '"event_type":"stats"' not in x)
+
+    assert events(both / "eve.json") == events(tmp_path / "eve.json")
 
 
 def test_worker_failures_reach_the_replay_in_one_line(monkeypatch, capsys):
