@@ -2,19 +2,20 @@
 
 Cutting windows, features, onnxruntime, explanations and alerts cost about as much as the
 whole rest of a replay (docs/model.md "Speed"), and they need only a few facts per packet.
-`ModelProcessStage` stands in for the `ModelStage` in the replay process: per batch it sends
+`ModelProcessStage` stands in for the `ModelStage` in the replay process: per batch it puts
 the packet rows the window stage keeps (`windows.packet_rows`: slot, timestamp, sizes,
-flags, the first bytes) and the addresses of flows it has not sent before; per ended flow
-list, the slots and flow ids. A forked worker owns the real ModelStage and a mirror of the
-flow-table columns it reads (`FlowMirror`), applies the messages in order, and answers each
-with its alert lines and, for ended flows, their verdict columns (`ml_*`, model-alerted).
+flags, the first bytes) into shared memory and sends the addresses of the flows the batch
+started; per ended flow list, the slots and flow ids. A forked worker owns the real
+ModelStage and a mirror of the flow-table columns it reads (`FlowMirror`), applies the
+messages in order, and answers each with its alert lines and, for ended flows, their
+verdict columns (`ml_*`, model-alerted) and the flow events' metadata.
 
 The replay process goes on with the next batches while the worker scores the last one, and
 holds each ended flow list back until its answer is in: flow events carry the verdict, so
-they are written up to LAG batches later than in-process, with the same content. The output is the
-in-process output line for line in another order (alerts and flow events of a batch come
-after the next batch's rule alerts); which answers are awaited at which point is fixed, not
-timing-dependent, so the order is the same on every run.
+they are written up to LAG batches later than in-process, with the same content. The
+output is the in-process output line for line in another order (a batch's model alerts and
+flow events come after later batches' rule alerts); which answers are awaited at which
+point is fixed, not timing-dependent, so the order is the same on every run.
 
 Rules with `ml.class` / `ml.score` read the verdict in the batch its window closed in, so
 they need the in-process stage; `use_model_process` keeps it for them.
@@ -45,10 +46,9 @@ from .model import ModelError, ModelStage, build_model_stage, verdict_flow_extra
 
 VERDICT_COLS = (*ModelStage.COLS, "alerted")
 # packet rows in shared memory, in this order (8-byte fields first: every part stays aligned)
-RING_LAYOUT = (("slot", np.int64, ()), ("ts_us", np.int64, ()), ("size", np.int32, ()),
-               ("payload_len", np.int32, ()), ("tcp_win", np.int32, ()),
-               ("to_server", np.int8, ()), ("tcp_flags", np.uint8, ()), ("ttl", np.uint8, ()),
-               ("proto", np.uint8, ()))
+RING_LAYOUT = (("slot", np.int64), ("ts_us", np.int64), ("size", np.int32),
+               ("payload_len", np.int32), ("tcp_win", np.int32), ("to_server", np.int8),
+               ("tcp_flags", np.uint8), ("ttl", np.uint8), ("proto", np.uint8))
 # settle() calls (batches) the worker may be behind: one more than needed to overlap, so
 # that a batch slower to score than to decode does not stall the replay
 LAG = 2
@@ -57,7 +57,7 @@ RING_BYTES = 64 << 20  # about 10 batches of 65,536 packets; larger batches go b
 
 def row_bytes(m: int) -> int:
     """Bytes of shared memory per packet row with `m` raw bytes."""
-    return sum(np.dtype(t).itemsize for _, t, _ in RING_LAYOUT) + m
+    return sum(np.dtype(t).itemsize for _, t in RING_LAYOUT) + m
 
 
 def ring_views(ring: Any, start: int, n: int, m: int) -> dict[str, np.ndarray]:
@@ -65,7 +65,7 @@ def ring_views(ring: Any, start: int, n: int, m: int) -> dict[str, np.ndarray]:
     "raw" [n, m])."""
     out = {}
     at = start
-    for name, dtype, _ in RING_LAYOUT:
+    for name, dtype in RING_LAYOUT:
         size = np.dtype(dtype).itemsize * n
         out[name] = np.frombuffer(ring, dtype, n, at)
         at += size
