@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import features
+from .train import DEFAULT_MIN_WINDOWS
 
 MODEL_NAME = "netsensor-site-baseline"
 DEFAULT_OUT = "models/site-baseline.onnx"
@@ -310,15 +311,11 @@ def split_holdout(ws, fraction: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate_baseline(ws, scores: np.ndarray, threshold: float, period_s: float,
-                      min_windows: int | None = None) -> dict:
+                      min_windows: int = DEFAULT_MIN_WINDOWS) -> dict:
     """Per-family instance recall and false alerts per hour, with the sensor's aggregation
     (one alert per source and period, after `min_windows` windows over threshold). An
     instance counts as detected as in `sensor.train.evaluate`."""
-    from .config import ModelConfig
     from .detect.model import AlertAggregator
-
-    if min_windows is None:
-        min_windows = ModelConfig().min_windows
 
     over = scores > threshold
     agg = AlertAggregator.for_model(period_s, min_windows)
@@ -374,9 +371,8 @@ def add_learn_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--card-section", default=None,
                    help="write a model-card section (markdown) with the results here")
     p.add_argument("--aggregate-seconds", type=float, default=60.0)
-    p.add_argument("--min-windows", type=int, default=None,
-                   help="windows over threshold per source before an alert (default: the "
-                        "sensor's model.min_windows)")
+    p.add_argument("--min-windows", type=int, default=DEFAULT_MIN_WINDOWS,
+                   help="windows over threshold per source before an alert (model.min_windows)")
     p.set_defaults(fn=cmd_learn)
     return p
 

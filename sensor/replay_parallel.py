@@ -449,11 +449,7 @@ def replay_parallel(args: argparse.Namespace, cfg: Config, stages: list[Stage],
                 uptime = (now_us - first_ts) // 1_000_000
                 sink.write([stats_event(now_us, uptime, totals.all_counters())])
                 totals.events["stats"] += 1
-    except WorkerFailed as exc:
-        progress.close()
-        _err(str(exc))
-        return EXIT_INPUT
-    except (SinkError, OSError) as exc:
+    except (WorkerFailed, SinkError, OSError) as exc:
         progress.close()
         _err(str(exc))
         return EXIT_INPUT

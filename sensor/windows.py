@@ -128,17 +128,18 @@ def packet_rows(ctx: BatchContext, m: int, order: np.ndarray | None = None
     (positions in ctx.update) or as the flow table lists them: what the window stage keeps
     of a packet, and all that `replay.model_process` sends to the scoring process."""
     upd, d = ctx.update, ctx.decoded
-    pidx = upd.idx if order is None else upd.idx[order]
+    sel = slice(None) if order is None else order
+    pidx = upd.idx[sel]
     rows = {
         "ts_us": ctx.batch.ts_us[pidx].astype(np.int64), "size": d.iplen[pidx].astype(np.int32),
-        "to_server": (upd.to_server if order is None else upd.to_server[order]).astype(np.int8),
+        "to_server": upd.to_server[sel].astype(np.int8),
         "tcp_flags": d.tcp_flags[pidx].astype(np.uint8),
         "payload_len": d.plen[pidx].astype(np.int32),
         "tcp_win": d.tcp_win[pidx].astype(np.int32), "ttl": d.ttl[pidx].astype(np.uint8),
         "proto": d.proto[pidx].astype(np.uint8),
     }
-    slot = (upd.slot if order is None else upd.slot[order]).astype(np.int64)
-    return slot, rows, _raw_bytes(ctx.batch.data, d.l3[pidx], rows["size"], m)
+    return upd.slot[sel].astype(np.int64), rows, _raw_bytes(ctx.batch.data, d.l3[pidx],
+                                                            rows["size"], m)
 
 
 def _raw_bytes(data: np.ndarray, l3: np.ndarray, size: np.ndarray, m: int) -> np.ndarray:

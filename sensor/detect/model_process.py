@@ -97,7 +97,7 @@ class FlowMirror:
             return
         cap = max(want, 2 * have, 1024)
         for name, a in self.cols.items():
-            self.cols[name] = np.r_[a, np.full(cap - have, self.defaults.get(name, 0), a.dtype)]
+            self.cols[name] = np.r_[a, np.full(cap - have, self.defaults[name], a.dtype)]
 
     def start_flows(self, slots: np.ndarray, facts: dict[str, np.ndarray]) -> None:
         """New flows in `slots` (as the flow table resets a reused slot)."""
@@ -116,13 +116,13 @@ class FlowMirror:
     def end_flows(self, slots: np.ndarray, flow_ids: np.ndarray) -> dict[str, np.ndarray]:
         """The verdict columns of ended flows, as the flow table's snapshot holds them; their
         slots are free afterwards."""
+        self.ensure(int(slots.max()) + 1 if len(slots) else 0)
         c = self.cols
-        ok = slots < len(c["active"])
-        s = np.where(ok, slots, 0)
-        ok &= c["active"][s] & (c["flow_id"][s] == flow_ids)
+        ok = c["active"][slots] & (c["flow_id"][slots] == flow_ids)
         out = {}
         for name in VERDICT_COLS:
-            out[name] = np.where(ok, c[name][s], np.array(self.defaults[name], c[name].dtype))
+            out[name] = np.where(ok, c[name][slots],
+                                 np.array(self.defaults[name], c[name].dtype))
         c["active"][slots[ok]] = False
         return out
 
@@ -180,7 +180,6 @@ def _serve(cfg: Config, conn: Connection, ring: Any) -> None:
                              None))
             elif kind == "ended":
                 _, slots, flow_ids, reason = msg
-                mirror.ensure(int(slots.max()) + 1)
                 snap = mirror.end_flows(slots, flow_ids)
                 ended = EndedFlows({"flow_id": flow_ids, **snap}, reason,
                                    np.zeros(len(slots), np.int64), slots)
